@@ -1,0 +1,336 @@
+//! Semantic checks of a raw config; every error is collected with its field path.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use crate::error::FieldError;
+use crate::model::*;
+use crate::raw::*;
+use crate::Weight;
+
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError::new(path, message));
+    }
+}
+
+pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
+    let mut errs = Errors(Vec::new());
+
+    let http = socket_addr(&mut errs, "listen.http", &raw.listen.http);
+    let admin = socket_addr(&mut errs, "admin.listen", &raw.admin.listen);
+    if let (Some(http), Some(admin)) = (http, admin) {
+        if http.port() == admin.port()
+            && (http.ip() == admin.ip()
+                || http.ip().is_unspecified()
+                || admin.ip().is_unspecified())
+        {
+            errs.push("admin.listen", format!("{admin} would share the public listener {http}; the admin API never goes on the public port"));
+        }
+    }
+    let t = &raw.timeouts;
+    let timeouts = Timeouts {
+        connect: duration(&mut errs, "timeouts.connect", &t.connect),
+        response_header: duration(&mut errs, "timeouts.response_header", &t.response_header),
+        idle: duration(&mut errs, "timeouts.idle", &t.idle),
+        drain: duration(&mut errs, "timeouts.drain", &t.drain),
+    };
+    if raw.passive_health.failures == 0 {
+        errs.push("passive_health.failures", "must be at least 1");
+    }
+    let passive_health = PassiveHealth {
+        failures: raw.passive_health.failures,
+        cooloff: duration(
+            &mut errs,
+            "passive_health.cooloff",
+            &raw.passive_health.cooloff,
+        ),
+    };
+
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    let mut names: HashMap<String, usize> = HashMap::new();
+    // (host pattern or None for any host, prefix) → route index, to find overlaps.
+    let mut matchers: HashMap<(Option<HostPattern>, String), usize> = HashMap::new();
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let at = format!("routes[{i}]");
+        if let Err(m) = route_name(&r.name) {
+            errs.push(format!("{at}.name"), m);
+        } else if let Some(first) = names.insert(r.name.clone(), i) {
+            errs.push(
+                format!("{at}.name"),
+                format!("{:?} is already the name of routes[{first}]", r.name),
+            );
+        }
+        let mut hosts = Vec::with_capacity(r.hosts.len());
+        for (j, h) in r.hosts.iter().enumerate() {
+            match host_pattern(h) {
+                Ok(p) if hosts.contains(&p) => {
+                    errs.push(format!("{at}.hosts[{j}]"), format!("{h:?} is listed twice"))
+                }
+                Ok(p) => hosts.push(p),
+                Err(m) => errs.push(format!("{at}.hosts[{j}]"), m),
+            }
+        }
+        let path_prefix = match path_prefix(&r.path_prefix) {
+            Ok(p) => p,
+            Err(m) => {
+                errs.push(format!("{at}.path_prefix"), m);
+                String::new()
+            }
+        };
+        if !path_prefix.is_empty() {
+            let keys: Vec<Option<HostPattern>> = if hosts.is_empty() {
+                vec![None]
+            } else {
+                hosts.iter().cloned().map(Some).collect()
+            };
+            for key in keys {
+                let shown = key
+                    .as_ref()
+                    .map_or_else(|| "any host".to_string(), |h| h.to_string());
+                if let Some(other) = matchers.insert((key, path_prefix.clone()), i) {
+                    errs.push(
+                        format!("{at}.path_prefix"),
+                        format!("{shown} with prefix {path_prefix:?} is already served by routes[{other}]"),
+                    );
+                }
+            }
+        }
+        let stable = backend(&mut errs, &format!("{at}.stable"), &r.stable);
+        let canary = backend(&mut errs, &format!("{at}.canary"), &r.canary);
+        let weight = match Weight::from_percent(r.weight) {
+            Ok(w) => w,
+            Err(e) => {
+                errs.push(format!("{at}.weight"), e.to_string());
+                Weight::ZERO
+            }
+        };
+        routes.push(Route {
+            name: r.name,
+            hosts,
+            path_prefix,
+            stable,
+            canary,
+            weight,
+        });
+    }
+
+    if !errs.0.is_empty() {
+        return Err(errs.0);
+    }
+    Ok(Config {
+        listen: Listen {
+            http: http.expect("checked above"),
+        },
+        admin: Admin {
+            listen: admin.expect("checked above"),
+        },
+        timeouts,
+        passive_health,
+        access_log: raw.access_log,
+        routes,
+    })
+}
+
+fn socket_addr(errs: &mut Errors, path: &str, text: &str) -> Option<SocketAddr> {
+    match text.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errs.push(
+                path,
+                format!("{text:?} is not an address like 0.0.0.0:8080 or [::]:8080"),
+            );
+            None
+        }
+    }
+}
+
+fn duration(errs: &mut Errors, path: &str, text: &str) -> Duration {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => {
+            errs.push(path, "must be longer than zero");
+            d
+        }
+        Ok(d) => d,
+        Err(e) => {
+            errs.push(
+                path,
+                format!("{text:?} is not a duration like 500ms, 2s or 5m ({e})"),
+            );
+            Duration::ZERO
+        }
+    }
+}
+
+fn backend(errs: &mut Errors, at: &str, raw: &RawBackend) -> Backend {
+    let mut endpoints: Vec<Endpoint> = Vec::with_capacity(raw.endpoints.len());
+    for (k, e) in raw.endpoints.iter().enumerate() {
+        match endpoint(e) {
+            Ok(ep) if endpoints.contains(&ep) => errs.push(
+                format!("{at}.endpoints[{k}]"),
+                format!("{e:?} is listed twice"),
+            ),
+            Ok(ep) => endpoints.push(ep),
+            Err(m) => errs.push(format!("{at}.endpoints[{k}]"), m),
+        }
+    }
+    Backend { endpoints }
+}
+
+/// Route names appear in URLs, metric labels and logs: DNS-label syntax keeps them safe everywhere.
+fn route_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not a valid name: use 1 to 63 lower-case letters, digits and '-', not starting or ending with '-'"))
+    }
+}
+
+fn dns_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+fn host_pattern(text: &str) -> Result<HostPattern, String> {
+    let lower = text.to_ascii_lowercase();
+    let (wild, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    if !dns_name(name) || (name.parse::<IpAddr>().is_ok() && wild) {
+        return Err(format!(
+            "{text:?} is not a host name; use a name like app.example.com or a wildcard like *.example.com, without port"
+        ));
+    }
+    Ok(if wild {
+        HostPattern::Wildcard(name.into())
+    } else {
+        HostPattern::Exact(name.into())
+    })
+}
+
+fn path_prefix(text: &str) -> Result<String, String> {
+    if !text.starts_with('/') {
+        return Err(format!("{text:?} must start with '/'"));
+    }
+    if let Some(c) = text
+        .chars()
+        .find(|c| c.is_control() || c.is_whitespace() || matches!(c, '?' | '#' | '%' | '\\'))
+    {
+        return Err(format!("{text:?} contains {c:?}; a prefix is a plain path without query, fragment, escapes or spaces"));
+    }
+    if text.split('/').any(|seg| seg == ".." || seg == ".") {
+        return Err(format!("{text:?} contains a '.' or '..' segment"));
+    }
+    let trimmed = text.trim_end_matches('/');
+    Ok(if trimmed.is_empty() {
+        "/".into()
+    } else {
+        trimmed.into()
+    })
+}
+
+pub(crate) fn endpoint(text: &str) -> Result<Endpoint, String> {
+    let bad = || {
+        format!("{text:?} is not an endpoint like 10.0.0.1:8080, [fd00::1]:8080 or app.local:8080")
+    };
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            return Err(format!("{text:?} has port 0"));
+        }
+        return Ok(Endpoint(addr.to_string()));
+    }
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if port == 0 {
+        return Err(format!("{text:?} has port 0"));
+    }
+    if !dns_name(host) || host.parse::<IpAddr>().is_ok() {
+        return Err(bad());
+    }
+    Ok(Endpoint(format!("{}:{port}", host.to_ascii_lowercase())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            endpoint("10.0.0.1:8080").unwrap().authority(),
+            "10.0.0.1:8080"
+        );
+        assert_eq!(endpoint("[::1]:80").unwrap().authority(), "[::1]:80");
+        assert_eq!(
+            endpoint("App.local:81").unwrap().authority(),
+            "app.local:81"
+        );
+        for bad in [
+            "10.0.0.1",
+            "10.0.0.1:0",
+            "10.0.0.1:99999",
+            "a b:80",
+            ":80",
+            "http://x:80",
+            "x:80/",
+            "::1:80",
+        ] {
+            assert!(endpoint(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(
+            host_pattern("Example.COM").unwrap(),
+            HostPattern::Exact("example.com".into())
+        );
+        assert_eq!(
+            host_pattern("*.example.com").unwrap(),
+            HostPattern::Wildcard("example.com".into())
+        );
+        for bad in [
+            "",
+            "*",
+            "a..b",
+            "ex ample.com",
+            "a.com:80",
+            "*.*.a.com",
+            "a{b}.com",
+            "x;y",
+            "../a",
+        ] {
+            assert!(host_pattern(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn prefixes() {
+        assert_eq!(path_prefix("/").unwrap(), "/");
+        assert_eq!(path_prefix("/api/").unwrap(), "/api");
+        assert_eq!(path_prefix("//").unwrap(), "/");
+        for bad in ["api", "/a b", "/a?b", "/../etc", "/a\nb", "/a%2f"] {
+            assert!(path_prefix(bad).is_err(), "{bad} accepted");
+        }
+    }
+}

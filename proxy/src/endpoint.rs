@@ -1,0 +1,156 @@
+//! One upstream endpoint's live state: in-flight count and passive health.
+//!
+//! Endpoints outlive routing tables: a rebuilt table reuses the `Arc<Endpoint>`
+//! of every address it still has, so health and load survive reloads.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use http::uri::{Authority, Scheme};
+use http::Uri;
+
+/// An upstream address with its load and health counters.
+#[derive(Debug)]
+pub struct Endpoint {
+    authority: Authority,
+    in_flight: AtomicU32,
+    consecutive_failures: AtomicU32,
+    /// Milliseconds since [`epoch`] until which the endpoint is skipped; 0 = healthy.
+    down_until_ms: AtomicU64,
+}
+
+impl Endpoint {
+    /// A fresh, healthy endpoint. `authority` is already validated by the config crate.
+    pub fn new(authority: &str) -> Result<Self, http::uri::InvalidUri> {
+        Ok(Self {
+            authority: authority.parse()?,
+            in_flight: AtomicU32::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            down_until_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// `host:port`.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// The upstream URI for a request path.
+    pub(crate) fn uri(
+        &self,
+        path_and_query: Option<&http::uri::PathAndQuery>,
+    ) -> Result<Uri, http::Error> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(
+            path_and_query
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        Ok(Uri::from_parts(parts)?)
+    }
+
+    /// Requests currently sent to this endpoint and not finished.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request as in flight until the guard drops.
+    pub(crate) fn start(self: &std::sync::Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// False while the endpoint is in its cool-off after repeated connect failures.
+    pub fn is_healthy(&self) -> bool {
+        let until = self.down_until_ms.load(Ordering::Relaxed);
+        until == 0 || now_ms() >= until
+    }
+
+    /// A connect failure; after `threshold` in a row the endpoint is skipped for `cooloff`.
+    pub(crate) fn record_connect_failure(&self, threshold: u32, cooloff: Duration) {
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= threshold {
+            let until = now_ms() + cooloff.as_millis() as u64;
+            self.down_until_ms.store(until.max(1), Ordering::Relaxed);
+            // The next probe after the cool-off gets a fresh count of one failure to trip again.
+            self.consecutive_failures
+                .store(threshold.saturating_sub(1), Ordering::Relaxed);
+            tracing::warn!(endpoint = %self.authority, failures, cooloff = ?cooloff, "endpoint taken out after connect failures");
+        }
+    }
+
+    /// A successful exchange resets the failure count.
+    #[inline]
+    pub(crate) fn record_success(&self) {
+        // Plain loads first: the common healthy case does no writes to shared cache lines.
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        if self.down_until_ms.load(Ordering::Relaxed) != 0 {
+            self.down_until_ms.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Guard that keeps a request counted in its endpoint's in-flight total.
+#[derive(Debug)]
+pub(crate) struct InFlight(std::sync::Arc<Endpoint>);
+
+impl InFlight {
+    pub(crate) fn endpoint(&self) -> &Endpoint {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    // +1 so that 0 can mean "healthy" even in the first millisecond.
+    epoch().elapsed().as_millis() as u64 + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn trips_after_threshold_and_recovers() {
+        let ep = Endpoint::new("127.0.0.1:1").unwrap();
+        ep.record_connect_failure(3, Duration::from_millis(50));
+        ep.record_connect_failure(3, Duration::from_millis(50));
+        assert!(ep.is_healthy());
+        ep.record_connect_failure(3, Duration::from_millis(50));
+        assert!(!ep.is_healthy());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(ep.is_healthy(), "back after cool-off");
+        // One more failure after the cool-off trips it again at once.
+        ep.record_connect_failure(3, Duration::from_millis(50));
+        assert!(!ep.is_healthy());
+        ep.record_success();
+        assert!(ep.is_healthy());
+    }
+
+    #[test]
+    fn in_flight_guard() {
+        let ep = Arc::new(Endpoint::new("127.0.0.1:1").unwrap());
+        let a = ep.start();
+        let b = ep.start();
+        assert_eq!(ep.in_flight(), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(ep.in_flight(), 0);
+    }
+}

@@ -1,0 +1,351 @@
+//! The request's life: route lookup, variant decision, endpoint pick, upstream exchange.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{CONNECTION, HOST, UPGRADE};
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::{Either, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::body::TrackedBody;
+use crate::endpoint::{Endpoint, InFlight};
+use crate::error::ProxyError;
+use crate::headers::{self, ClientInfo};
+use crate::metrics::{ProxyMetrics, UpstreamErrorReason};
+use crate::route::Route;
+use crate::routing_table::{Settings, TableHandle};
+use crate::split::Variant;
+
+/// Body sent upstream: the client's stream, or nothing on a replayed attempt.
+pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+/// The one pooled HTTP/1.1 client shared by every route.
+pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+/// Body sent to the client: the upstream's stream, or the proxy's own short answer.
+pub type ProxyBody = Either<TrackedBody, Full<Bytes>>;
+
+/// The proxy service: cheap to clone, one per listener connection.
+#[derive(Clone)]
+pub struct Proxy(Arc<Inner>);
+
+struct Inner {
+    table: TableHandle,
+    client: UpstreamClient,
+    metrics: ProxyMetrics,
+}
+
+/// Upstream connection pool settings.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolOptions {
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Idle pooled connections are closed after this (keep it below the backends' keep-alive timeout).
+    pub idle_timeout: Duration,
+}
+
+/// How one upstream attempt failed.
+enum Failure {
+    Connect,
+    Timeout,
+    Protocol,
+}
+
+impl Proxy {
+    /// A proxy serving from `table` with one shared upstream pool.
+    pub fn new(table: TableHandle, metrics: ProxyMetrics, pool: PoolOptions) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(pool.connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(pool.idle_timeout)
+            .build(connector);
+        Self(Arc::new(Inner {
+            table,
+            client,
+            metrics,
+        }))
+    }
+
+    /// The service for one accepted connection from `peer` (`tls` when it came over TLS).
+    pub fn connection_service(
+        &self,
+        peer: std::net::SocketAddr,
+        tls: bool,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<ProxyBody>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send,
+    > + Send
+           + 'static {
+        let proxy = self.clone();
+        // Computed once per connection, not per request.
+        let client = Arc::new(ClientInfo::new(peer, tls));
+        hyper::service::service_fn(move |req| {
+            let (proxy, client) = (proxy.clone(), client.clone());
+            async move { Ok(proxy.handle(req, &client).await) }
+        })
+    }
+
+    /// Serves one request from a client connection.
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        client: &ClientInfo,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        // The one snapshot load of this request; the guard is dropped before any await.
+        let (route, settings) = {
+            let table = self.0.table.load();
+            let Some(host) = request_host(&req) else {
+                return reply(ProxyError::BadRequest("missing Host header"));
+            };
+            match table.lookup(host, req.uri().path()) {
+                Some(route) => (route.clone(), *table.settings()),
+                None => {
+                    self.0.metrics.no_route();
+                    let path = req.uri().path().to_owned();
+                    return reply(ProxyError::NoRoute {
+                        host: host.to_owned(),
+                        path,
+                    });
+                }
+            }
+        };
+
+        let decided = route.decide();
+        let Some(variant) = route.serving_variant(decided) else {
+            route
+                .metrics
+                .response(decided, StatusCode::SERVICE_UNAVAILABLE);
+            return reply(ProxyError::NoEndpoints {
+                route: route.name.clone(),
+            });
+        };
+
+        let client_upgrade = (req.version() == Version::HTTP_11
+            && headers::is_upgrade_request(req.headers()))
+        .then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        prepare_upstream_headers(&mut parts, client, variant, client_upgrade.is_some());
+
+        let eps = route.endpoints(variant);
+        // Only a request with no body and no side effects can go to a second endpoint.
+        let replay = (is_idempotent(&parts.method)
+            && body.is_end_stream()
+            && client_upgrade.is_none()
+            && eps.len() > 1)
+            .then(|| (parts.method.clone(), parts.headers.clone()));
+        let path = parts.uri.path_and_query().cloned();
+
+        let Some(first) = eps.pick(None) else {
+            route
+                .metrics
+                .response(variant, StatusCode::SERVICE_UNAVAILABLE);
+            return reply(ProxyError::NoEndpoints {
+                route: route.name.clone(),
+            });
+        };
+        let mut outcome = self
+            .exchange(first, parts, Either::Left(body), path.as_ref(), &settings)
+            .await;
+        if let (Err(Failure::Connect), Some((method, headers))) = (&outcome, replay) {
+            route
+                .metrics
+                .upstream_error(variant, UpstreamErrorReason::Connect);
+            if let Some(second) = eps.pick(Some(first)) {
+                let (mut parts, ()) = Request::new(()).into_parts();
+                parts.method = method;
+                parts.headers = headers;
+                parts.version = Version::HTTP_11;
+                outcome = self
+                    .exchange(
+                        second,
+                        parts,
+                        Either::Right(Empty::new()),
+                        path.as_ref(),
+                        &settings,
+                    )
+                    .await;
+            }
+        }
+
+        let response = match outcome {
+            Ok((mut resp, in_flight)) => {
+                in_flight.endpoint().record_success();
+                route.metrics.response(variant, resp.status());
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client_upgrade) = client_upgrade {
+                        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(tunnel(client_upgrade, upstream_upgrade, in_flight));
+                        let (parts, _) = resp.into_parts();
+                        return Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
+                    }
+                }
+                let (mut parts, body) = resp.into_parts();
+                headers::strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, Either::Left(TrackedBody::new(body, in_flight)))
+            }
+            Err(failure) => {
+                let name = route.name.clone();
+                let (reason, err) = match failure {
+                    Failure::Connect => (
+                        UpstreamErrorReason::Connect,
+                        ProxyError::Connect {
+                            route: name,
+                            variant,
+                        },
+                    ),
+                    Failure::Timeout => (
+                        UpstreamErrorReason::Timeout,
+                        ProxyError::Timeout {
+                            route: name,
+                            variant,
+                        },
+                    ),
+                    Failure::Protocol => (
+                        UpstreamErrorReason::Protocol,
+                        ProxyError::Upstream {
+                            route: name,
+                            variant,
+                        },
+                    ),
+                };
+                route.metrics.upstream_error(variant, reason);
+                route.metrics.response(variant, err.status());
+                reply(err)
+            }
+        };
+        if settings.access_log {
+            access_log(&route, variant, decided, &response, started);
+        }
+        response
+    }
+
+    /// One attempt against one endpoint, up to the response headers.
+    async fn exchange(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        mut parts: Parts,
+        body: UpstreamBody,
+        path: Option<&PathAndQuery>,
+        settings: &Settings,
+    ) -> Result<(Response<Incoming>, InFlight), Failure> {
+        let in_flight = endpoint.start();
+        parts.uri = endpoint.uri(path).map_err(|_| Failure::Protocol)?;
+        let request = Request::from_parts(parts, body);
+        match tokio::time::timeout(
+            settings.response_header_timeout,
+            self.0.client.request(request),
+        )
+        .await
+        {
+            Ok(Ok(resp)) => Ok((resp, in_flight)),
+            Ok(Err(e)) if e.is_connect() => {
+                tracing::debug!(endpoint = %endpoint.authority(), error = %e, "upstream connect failed");
+                endpoint.record_connect_failure(settings.health_failures, settings.health_cooloff);
+                Err(Failure::Connect)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(endpoint = %endpoint.authority(), error = ?e, "upstream exchange failed");
+                Err(Failure::Protocol)
+            }
+            Err(_) => Err(Failure::Timeout),
+        }
+    }
+}
+
+/// The host a request is for: the target's authority (absolute-form or HTTP/2) wins over `Host`.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req.headers().get(HOST).and_then(|h| h.to_str().ok()),
+    }
+}
+
+/// Rewrites the client's headers into the upstream request's: hop-by-hop out, forwarding in.
+fn prepare_upstream_headers(
+    parts: &mut Parts,
+    client: &ClientInfo,
+    variant: Variant,
+    upgrade: bool,
+) {
+    let upgrade_value = if upgrade {
+        parts.headers.get(UPGRADE).cloned()
+    } else {
+        None
+    };
+    let host = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => parts.headers.get(HOST).cloned(),
+    };
+    headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some(host) = &host {
+        parts.headers.insert(HOST, host.clone());
+    }
+    headers::set_forwarding(&mut parts.headers, client, host, variant.as_str());
+    if let Some(value) = upgrade_value {
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(UPGRADE, value);
+    }
+    // Backends always get HTTP/1.1 framing generated by us.
+    parts.version = Version::HTTP_11;
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+fn reply(err: ProxyError) -> Response<ProxyBody> {
+    err.to_response().map(Either::Right)
+}
+
+/// Splices an upgraded (WebSocket) connection between client and upstream.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    _in_flight: InFlight,
+) {
+    match tokio::try_join!(client, upstream) {
+        Ok((client, upstream)) => {
+            let (mut c, mut u) = (TokioIo::new(client), TokioIo::new(upstream));
+            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    }
+}
+
+fn access_log(
+    route: &Route,
+    variant: Variant,
+    decided: Variant,
+    resp: &Response<ProxyBody>,
+    started: Instant,
+) {
+    tracing::info!(
+        target: "canaryd::access",
+        route = route.name(),
+        variant = variant.as_str(),
+        fallback = variant != decided,
+        status = resp.status().as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+        "request"
+    );
+}

@@ -1,0 +1,165 @@
+//! Header hygiene between client and upstream: hop-by-hop removal and forwarding headers.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// `x-canary-variant`: the decision, told to the backend.
+pub const VARIANT_HEADER: HeaderName = HeaderName::from_static("x-canary-variant");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that describe one hop and never cross the proxy (RFC 9110 §7.6.1, plus legacy ones).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// True for an HTTP/1.1 protocol upgrade request (WebSocket): `Connection: upgrade` plus `Upgrade`.
+pub(crate) fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes hop-by-hop headers and every header named in `Connection`.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Vec::new does not allocate; only a Connection header naming extra headers pays.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for token in connection_tokens(headers) {
+        if HOP_BY_HOP
+            .iter()
+            .any(|h| h.as_str().eq_ignore_ascii_case(token))
+            || token.eq_ignore_ascii_case("close")
+        {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            named.push(name);
+        }
+    }
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Per-connection forwarding facts, computed once when the connection is accepted.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// The peer's IP as a header value, for `X-Forwarded-For`.
+    pub(crate) peer_ip: HeaderValue,
+    /// `http` or `https`.
+    pub(crate) proto: HeaderValue,
+}
+
+impl ClientInfo {
+    /// Facts for a connection from `peer`; `tls` when it arrived over TLS.
+    pub fn new(peer: std::net::SocketAddr, tls: bool) -> Self {
+        let ip = peer.ip().to_canonical().to_string();
+        Self {
+            peer_ip: HeaderValue::from_str(&ip).expect("an IP address is a valid header value"),
+            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+        }
+    }
+}
+
+/// Sets `X-Forwarded-For` (appending the peer), `-Proto`, `-Host` and the variant header.
+pub(crate) fn set_forwarding(
+    headers: &mut HeaderMap,
+    client: &ClientInfo,
+    host: Option<HeaderValue>,
+    variant: &'static str,
+) {
+    let xff = match headers.get(&X_FORWARDED_FOR) {
+        None => client.peer_ip.clone(),
+        Some(_) => {
+            let mut joined = Vec::with_capacity(64);
+            for v in headers.get_all(&X_FORWARDED_FOR) {
+                joined.extend_from_slice(v.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(client.peer_ip.as_bytes());
+            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client.peer_ip.clone())
+        }
+    };
+    headers.insert(X_FORWARDED_FOR, xff);
+    headers.insert(X_FORWARDED_PROTO, client.proto.clone());
+    if let Some(host) = host {
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+    headers.insert(VARIANT_HEADER, HeaderValue::from_static(variant));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            "keep-alive, X-Secret, close".parse().unwrap(),
+        );
+        h.append(header::CONNECTION, "x-other".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("x-other", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        h.insert("proxy-connection", "keep-alive".parse().unwrap());
+        h.insert("x-keep", "yes".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn forwarding_appends_and_overwrites() {
+        let client = ClientInfo::new("[::ffff:10.1.2.3]:5000".parse().unwrap(), false);
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, "1.1.1.1".parse().unwrap());
+        h.append(X_FORWARDED_FOR, "2.2.2.2".parse().unwrap());
+        h.insert(VARIANT_HEADER, "canary".parse().unwrap());
+        h.insert(X_FORWARDED_PROTO, "https".parse().unwrap());
+        set_forwarding(
+            &mut h,
+            &client,
+            Some("app.example.com".parse().unwrap()),
+            "stable",
+        );
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.1.2.3");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "app.example.com");
+        assert_eq!(h["x-canary-variant"], "stable");
+    }
+
+    #[test]
+    fn detects_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        assert!(!is_upgrade_request(&h));
+        h.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
+        assert!(is_upgrade_request(&h));
+    }
+}

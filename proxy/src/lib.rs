@@ -1,0 +1,26 @@
+//! canaryd's data plane: requests in, a stable or canary backend picked, bytes streamed through.
+//!
+//! The control plane builds a [`RoutingTable`] and stores it in a [`TableHandle`];
+//! every request does exactly one atomic load of it.
+#![forbid(unsafe_code)]
+
+mod balancer;
+mod body;
+mod endpoint;
+mod error;
+mod forward;
+mod headers;
+mod metrics;
+mod route;
+mod routing_table;
+mod server;
+pub mod split;
+
+pub use endpoint::Endpoint;
+pub use forward::{PoolOptions, Proxy, ProxyBody, UpstreamClient};
+pub use headers::ClientInfo;
+pub use metrics::ProxyMetrics;
+pub use route::Route;
+pub use routing_table::{BuildError, RoutingTable, Settings, TableHandle};
+pub use server::{serve, ServeOptions};
+pub use split::Variant;

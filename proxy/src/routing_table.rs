@@ -1,0 +1,307 @@
+//! The routing snapshot: host + path → route, rebuilt off the hot path and swapped in whole.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, Guard};
+use canary_config::{Config, HostPattern};
+
+use crate::balancer::EndpointSet;
+use crate::endpoint::Endpoint;
+use crate::metrics::ProxyMetrics;
+use crate::route::Route;
+
+/// Settings the request path needs, carried in the snapshot so a reload changes them atomically.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Time allowed from sending a request to receiving the upstream's headers.
+    pub response_header_timeout: Duration,
+    /// Consecutive connect failures that take an endpoint out.
+    pub health_failures: u32,
+    /// How long an endpoint stays out.
+    pub health_cooloff: Duration,
+    /// One info log line per request.
+    pub access_log: bool,
+}
+
+/// Routes of one host pattern, longest prefix first.
+#[derive(Debug, Default)]
+struct PrefixList(Vec<(Box<str>, Arc<Route>)>);
+
+impl PrefixList {
+    fn find(&self, path: &str) -> Option<&Arc<Route>> {
+        self.0
+            .iter()
+            .find(|(p, _)| prefix_matches(p, path))
+            .map(|(_, r)| r)
+    }
+
+    fn sort(&mut self) {
+        self.0.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    }
+}
+
+/// `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`; `/` matches everything.
+#[inline]
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'),
+        None => false,
+    }
+}
+
+/// Everything a request needs, immutable once built.
+#[derive(Debug)]
+pub struct RoutingTable {
+    exact: HashMap<Box<str>, PrefixList>,
+    wildcard: HashMap<Box<str>, PrefixList>,
+    any_host: PrefixList,
+    routes: Vec<Arc<Route>>,
+    endpoints: HashMap<Box<str>, Arc<Endpoint>>,
+    settings: Settings,
+}
+
+/// Why a table could not be built from a config.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// An endpoint address the config crate accepted but `http` did not.
+    #[error("routes[{route}]: endpoint {endpoint:?} is not a valid authority")]
+    Endpoint {
+        /// Route name.
+        route: String,
+        /// The endpoint as written.
+        endpoint: String,
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+}
+
+impl RoutingTable {
+    /// Builds a table; endpoints also present in `previous` keep their live state.
+    pub fn build(
+        config: &Config,
+        previous: Option<&RoutingTable>,
+        metrics: &ProxyMetrics,
+    ) -> Result<Self, BuildError> {
+        let mut endpoints: HashMap<Box<str>, Arc<Endpoint>> = HashMap::new();
+        let mut endpoint = |route: &str, authority: &str| -> Result<Arc<Endpoint>, BuildError> {
+            if let Some(e) = endpoints.get(authority) {
+                return Ok(e.clone());
+            }
+            let e =
+                match previous.and_then(|p| p.endpoints.get(authority)) {
+                    Some(e) => e.clone(),
+                    None => Arc::new(Endpoint::new(authority).map_err(|source| {
+                        BuildError::Endpoint {
+                            route: route.to_string(),
+                            endpoint: authority.to_string(),
+                            source,
+                        }
+                    })?),
+                };
+            endpoints.insert(authority.into(), e.clone());
+            Ok(e)
+        };
+
+        let mut table = RoutingTable {
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+            any_host: PrefixList::default(),
+            routes: Vec::with_capacity(config.routes.len()),
+            endpoints: HashMap::new(),
+            settings: Settings {
+                response_header_timeout: config.timeouts.response_header,
+                health_failures: config.passive_health.failures,
+                health_cooloff: config.passive_health.cooloff,
+                access_log: config.access_log,
+            },
+        };
+        for r in &config.routes {
+            let mut set = |b: &canary_config::Backend| -> Result<EndpointSet, BuildError> {
+                let eps = b
+                    .endpoints
+                    .iter()
+                    .map(|e| endpoint(&r.name, e.authority()))
+                    .collect::<Result<_, _>>()?;
+                Ok(EndpointSet::new(eps))
+            };
+            let route = Arc::new(Route {
+                name: r.name.as_str().into(),
+                weight_ppm: r.weight.ppm(),
+                variants: [set(&r.stable)?, set(&r.canary)?],
+                metrics: metrics.for_route(&r.name),
+            });
+            let entry = (Box::<str>::from(r.path_prefix.as_str()), route.clone());
+            if r.hosts.is_empty() {
+                table.any_host.0.push(entry);
+            } else {
+                for h in &r.hosts {
+                    let list = match h {
+                        HostPattern::Exact(name) => {
+                            table.exact.entry(name.as_str().into()).or_default()
+                        }
+                        HostPattern::Wildcard(suffix) => {
+                            table.wildcard.entry(suffix.as_str().into()).or_default()
+                        }
+                    };
+                    list.0.push(entry.clone());
+                }
+            }
+            table.routes.push(route);
+        }
+        table.endpoints = endpoints;
+        table.any_host.sort();
+        table
+            .exact
+            .values_mut()
+            .chain(table.wildcard.values_mut())
+            .for_each(PrefixList::sort);
+        Ok(table)
+    }
+
+    /// The route for a request: the most specific host group (exact, then `*.` wildcard,
+    /// then routes without hosts) decides, then the longest path prefix inside it.
+    pub fn lookup(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
+        let mut buf = [0u8; 256];
+        let host = normalize_host(host, &mut buf);
+        if let Some(host) = host {
+            if let Some(list) = self.exact.get(host) {
+                return list.find(path);
+            }
+            if let Some((_, parent)) = host.split_once('.') {
+                if let Some(list) = self.wildcard.get(parent) {
+                    return list.find(path);
+                }
+            }
+        }
+        self.any_host.find(path)
+    }
+
+    /// Routes in config order.
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+
+    /// Request-path settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+}
+
+/// Lower-cases a Host value into `buf` without allocating; strips the port and a trailing dot.
+fn normalize_host<'a>(host: &str, buf: &'a mut [u8; 256]) -> Option<&'a str> {
+    let name = if host.starts_with('[') {
+        // IPv6 literal: keep the brackets' content only up to the closing bracket.
+        &host[..host.find(']').map_or(host.len(), |i| i + 1)]
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.len() > buf.len() {
+        return None;
+    }
+    let out = &mut buf[..name.len()];
+    out.copy_from_slice(name.as_bytes());
+    out.make_ascii_lowercase();
+    std::str::from_utf8(out).ok()
+}
+
+/// The shared, atomically swapped pointer to the current table.
+#[derive(Debug, Clone)]
+pub struct TableHandle(Arc<ArcSwap<RoutingTable>>);
+
+impl TableHandle {
+    /// A handle holding `table`.
+    pub fn new(table: RoutingTable) -> Self {
+        Self(Arc::new(ArcSwap::from_pointee(table)))
+    }
+
+    /// The current table (one atomic load).
+    #[inline]
+    pub fn load(&self) -> Guard<Arc<RoutingTable>> {
+        self.0.load()
+    }
+
+    /// The current table as an owned `Arc`, for the control plane.
+    pub fn load_full(&self) -> Arc<RoutingTable> {
+        self.0.load_full()
+    }
+
+    /// Swaps in a new table; in-flight requests finish on the one they started with.
+    pub fn store(&self, table: RoutingTable) {
+        self.0.store(Arc::new(table));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(yaml: &str) -> RoutingTable {
+        let config = canary_config::parse(yaml).unwrap();
+        let metrics = ProxyMetrics::register(&prometheus::Registry::new()).unwrap();
+        RoutingTable::build(&config, None, &metrics).unwrap()
+    }
+
+    const ROUTES: &str = r#"
+routes:
+  - name: exact-root
+    hosts: ["app.example.com"]
+    stable: { endpoints: ["127.0.0.1:1"] }
+  - name: exact-api
+    hosts: ["APP.example.com"]
+    path_prefix: /api
+    stable: { endpoints: ["127.0.0.1:2"] }
+  - name: wild
+    hosts: ["*.example.com"]
+    stable: { endpoints: ["127.0.0.1:3"] }
+  - name: any
+    path_prefix: /public/
+    stable: { endpoints: ["127.0.0.1:4"] }
+"#;
+
+    fn name<'a>(t: &'a RoutingTable, host: &str, path: &str) -> Option<&'a str> {
+        t.lookup(host, path).map(|r| r.name())
+    }
+
+    #[test]
+    fn host_then_longest_prefix() {
+        let t = table(ROUTES);
+        assert_eq!(name(&t, "app.example.com", "/"), Some("exact-root"));
+        assert_eq!(
+            name(&t, "App.Example.Com:8080", "/api/v1"),
+            Some("exact-api")
+        );
+        assert_eq!(name(&t, "app.example.com.", "/api"), Some("exact-api"));
+        assert_eq!(
+            name(&t, "app.example.com", "/apix"),
+            Some("exact-root"),
+            "segment boundary"
+        );
+        assert_eq!(name(&t, "x.example.com", "/anything"), Some("wild"));
+        assert_eq!(
+            name(&t, "a.b.example.com", "/"),
+            None,
+            "wildcard covers one label only"
+        );
+        assert_eq!(name(&t, "other.org", "/public/x"), Some("any"));
+        assert_eq!(name(&t, "other.org", "/public"), Some("any"));
+        assert_eq!(name(&t, "other.org", "/private"), None);
+        assert_eq!(name(&t, "[::1]:8080", "/public/a"), Some("any"));
+    }
+
+    #[test]
+    fn reuses_endpoint_state_across_builds() {
+        let config = canary_config::parse(ROUTES).unwrap();
+        let metrics = ProxyMetrics::register(&prometheus::Registry::new()).unwrap();
+        let a = RoutingTable::build(&config, None, &metrics).unwrap();
+        let b = RoutingTable::build(&config, Some(&a), &metrics).unwrap();
+        for (k, e) in &a.endpoints {
+            assert!(Arc::ptr_eq(e, &b.endpoints[k]));
+        }
+    }
+}
