@@ -43,6 +43,8 @@ pub struct Timeouts {
     pub connect: Duration,
     /// From sending the request to the upstream's response headers.
     pub response_header: Duration,
+    /// Idle pooled upstream connections are closed after this; keep it below the backends' keep-alive timeout.
+    pub upstream_idle: Duration,
     /// Idle keep-alive connections (client side) are closed after this.
     pub idle: Duration,
     /// How long in-flight requests may run after a shutdown signal.

@@ -59,6 +59,7 @@ impl Default for RawAdmin {
 pub(crate) struct RawTimeouts {
     pub connect: String,
     pub response_header: String,
+    pub upstream_idle: String,
     pub idle: String,
     pub drain: String,
 }
@@ -68,6 +69,7 @@ impl Default for RawTimeouts {
         Self {
             connect: "2s".into(),
             response_header: "30s".into(),
+            upstream_idle: "30s".into(),
             idle: "75s".into(),
             drain: "30s".into(),
         }

@@ -35,6 +35,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     let timeouts = Timeouts {
         connect: duration(&mut errs, "timeouts.connect", &t.connect),
         response_header: duration(&mut errs, "timeouts.response_header", &t.response_header),
+        upstream_idle: duration(&mut errs, "timeouts.upstream_idle", &t.upstream_idle),
         idle: duration(&mut errs, "timeouts.idle", &t.idle),
         drain: duration(&mut errs, "timeouts.drain", &t.drain),
     };

@@ -1,1 +1,96 @@
-fn main() {}
+//! `canaryd`: the canary proxy's command line (run, check, demo).
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use canary_control::{config_file, demo, logging, runtime};
+
+/// A traffic-splitting canary proxy.
+#[derive(Debug, Parser)]
+#[command(name = "canaryd", version, about)]
+struct Cli {
+    /// Log output: `text` for people, `json` for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = logging::Format::Text)]
+    log_format: logging::Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve with a config file; reloads it on SIGHUP and when it changes.
+    Run {
+        /// Path of the YAML config.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file and print every error with its path.
+    Check {
+        /// Path of the YAML config.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Start two demo backends (v1 stable, v2 canary) and the proxy in front of them.
+    Demo {
+        /// Share of requests sent to the canary, in percent.
+        #[arg(long, default_value_t = 10.0)]
+        canary_percent: f64,
+        /// Public listener of the proxy.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Admin listener (metrics, health).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let result = match cli.command {
+        Command::Check { config } => return check(&config),
+        Command::Run { config } => tokio_main(async move {
+            let loaded = config_file::load(&config)?;
+            runtime::run(loaded.config, Some((config, loaded.text))).await
+        }),
+        Command::Demo { canary_percent, listen, admin_listen } => {
+            tokio_main(demo::run(demo::DemoOptions { canary_percent, listen, admin_listen }))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("canaryd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn tokio_main(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(fut)
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config_file::load(path) {
+        Ok(loaded) => {
+            let c = &loaded.config;
+            println!(
+                "{}: valid, {} route(s), public listener {}, admin {}",
+                path.display(),
+                c.routes.len(),
+                c.listen.http,
+                c.admin.listen
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}", e.report());
+            ExitCode::FAILURE
+        }
+    }
+}
