@@ -23,12 +23,14 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     let http = socket_addr(&mut errs, "listen.http", &raw.listen.http);
     let admin = socket_addr(&mut errs, "admin.listen", &raw.admin.listen);
     if let (Some(http), Some(admin)) = (http, admin) {
-        if http.port() == admin.port()
-            && (http.ip() == admin.ip()
-                || http.ip().is_unspecified()
-                || admin.ip().is_unspecified())
+        if http.port() != 0
+            && http.port() == admin.port()
+            && (http.ip() == admin.ip() || http.ip().is_unspecified() || admin.ip().is_unspecified())
         {
-            errs.push("admin.listen", format!("{admin} would share the public listener {http}; the admin API never goes on the public port"));
+            errs.push(
+                "admin.listen",
+                format!("{admin} would share the public listener {http}; the admin API never goes on the public port"),
+            );
         }
     }
     let t = &raw.timeouts;
@@ -44,11 +46,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     }
     let passive_health = PassiveHealth {
         failures: raw.passive_health.failures,
-        cooloff: duration(
-            &mut errs,
-            "passive_health.cooloff",
-            &raw.passive_health.cooloff,
-        ),
+        cooloff: duration(&mut errs, "passive_health.cooloff", &raw.passive_health.cooloff),
     };
 
     let mut routes = Vec::with_capacity(raw.routes.len());
@@ -68,9 +66,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         let mut hosts = Vec::with_capacity(r.hosts.len());
         for (j, h) in r.hosts.iter().enumerate() {
             match host_pattern(h) {
-                Ok(p) if hosts.contains(&p) => {
-                    errs.push(format!("{at}.hosts[{j}]"), format!("{h:?} is listed twice"))
-                }
+                Ok(p) if hosts.contains(&p) => errs.push(format!("{at}.hosts[{j}]"), format!("{h:?} is listed twice")),
                 Ok(p) => hosts.push(p),
                 Err(m) => errs.push(format!("{at}.hosts[{j}]"), m),
             }
@@ -89,9 +85,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
                 hosts.iter().cloned().map(Some).collect()
             };
             for key in keys {
-                let shown = key
-                    .as_ref()
-                    .map_or_else(|| "any host".to_string(), |h| h.to_string());
+                let shown = key.as_ref().map_or_else(|| "any host".to_string(), |h| h.to_string());
                 if let Some(other) = matchers.insert((key, path_prefix.clone()), i) {
                     errs.push(
                         format!("{at}.path_prefix"),
@@ -157,10 +151,7 @@ fn duration(errs: &mut Errors, path: &str, text: &str) -> Duration {
         }
         Ok(d) => d,
         Err(e) => {
-            errs.push(
-                path,
-                format!("{text:?} is not a duration like 500ms, 2s or 5m ({e})"),
-            );
+            errs.push(path, format!("{text:?} is not a duration like 500ms, 2s or 5m ({e})"));
             Duration::ZERO
         }
     }
@@ -170,10 +161,9 @@ fn backend(errs: &mut Errors, at: &str, raw: &RawBackend) -> Backend {
     let mut endpoints: Vec<Endpoint> = Vec::with_capacity(raw.endpoints.len());
     for (k, e) in raw.endpoints.iter().enumerate() {
         match endpoint(e) {
-            Ok(ep) if endpoints.contains(&ep) => errs.push(
-                format!("{at}.endpoints[{k}]"),
-                format!("{e:?} is listed twice"),
-            ),
+            Ok(ep) if endpoints.contains(&ep) => {
+                errs.push(format!("{at}.endpoints[{k}]"), format!("{e:?} is listed twice"))
+            }
             Ok(ep) => endpoints.push(ep),
             Err(m) => errs.push(format!("{at}.endpoints[{k}]"), m),
         }
@@ -203,9 +193,7 @@ fn dns_name(host: &str) -> bool {
         && host.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -237,23 +225,19 @@ fn path_prefix(text: &str) -> Result<String, String> {
         .chars()
         .find(|c| c.is_control() || c.is_whitespace() || matches!(c, '?' | '#' | '%' | '\\'))
     {
-        return Err(format!("{text:?} contains {c:?}; a prefix is a plain path without query, fragment, escapes or spaces"));
+        return Err(format!(
+            "{text:?} contains {c:?}; a prefix is a plain path without query, fragment, escapes or spaces"
+        ));
     }
     if text.split('/').any(|seg| seg == ".." || seg == ".") {
         return Err(format!("{text:?} contains a '.' or '..' segment"));
     }
     let trimmed = text.trim_end_matches('/');
-    Ok(if trimmed.is_empty() {
-        "/".into()
-    } else {
-        trimmed.into()
-    })
+    Ok(if trimmed.is_empty() { "/".into() } else { trimmed.into() })
 }
 
 pub(crate) fn endpoint(text: &str) -> Result<Endpoint, String> {
-    let bad = || {
-        format!("{text:?} is not an endpoint like 10.0.0.1:8080, [fd00::1]:8080 or app.local:8080")
-    };
+    let bad = || format!("{text:?} is not an endpoint like 10.0.0.1:8080, [fd00::1]:8080 or app.local:8080");
     if let Ok(addr) = text.parse::<SocketAddr>() {
         if addr.port() == 0 {
             return Err(format!("{text:?} has port 0"));
@@ -277,15 +261,9 @@ mod tests {
 
     #[test]
     fn endpoints() {
-        assert_eq!(
-            endpoint("10.0.0.1:8080").unwrap().authority(),
-            "10.0.0.1:8080"
-        );
+        assert_eq!(endpoint("10.0.0.1:8080").unwrap().authority(), "10.0.0.1:8080");
         assert_eq!(endpoint("[::1]:80").unwrap().authority(), "[::1]:80");
-        assert_eq!(
-            endpoint("App.local:81").unwrap().authority(),
-            "app.local:81"
-        );
+        assert_eq!(endpoint("App.local:81").unwrap().authority(), "app.local:81");
         for bad in [
             "10.0.0.1",
             "10.0.0.1:0",

@@ -97,19 +97,10 @@ mod tests {
 
     #[test]
     fn rejects_out_of_range_and_too_precise() {
-        assert_eq!(
-            Weight::from_percent(120.0),
-            Err(WeightError::AboveHundred(120.0))
-        );
+        assert_eq!(Weight::from_percent(120.0), Err(WeightError::AboveHundred(120.0)));
         assert_eq!(Weight::from_percent(-1.0), Err(WeightError::Negative(-1.0)));
-        assert_eq!(
-            Weight::from_percent(0.00001),
-            Err(WeightError::TooPrecise(0.00001))
-        );
-        assert_eq!(
-            Weight::from_percent(33.33333),
-            Err(WeightError::TooPrecise(33.33333))
-        );
+        assert_eq!(Weight::from_percent(0.00001), Err(WeightError::TooPrecise(0.00001)));
+        assert_eq!(Weight::from_percent(33.33333), Err(WeightError::TooPrecise(33.33333)));
         assert!(matches!(
             Weight::from_percent(f64::NAN),
             Err(WeightError::NotANumber(_))

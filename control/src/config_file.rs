@@ -53,12 +53,18 @@ impl LoadError {
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.into(),
+        source,
+    })?;
     let config = parse(path, &text)?;
     Ok(Loaded { config, text })
 }
 
 /// Validates config text that came from `path`.
 pub fn parse(path: &Path, text: &str) -> Result<Config, LoadError> {
-    canary_config::parse(text).map_err(|source| LoadError::Invalid { path: path.into(), source })
+    canary_config::parse(text).map_err(|source| LoadError::Invalid {
+        path: path.into(),
+        source,
+    })
 }

@@ -47,17 +47,25 @@ routes:
     println!("Try:");
     println!("  curl -si {url}/");
     println!("  for i in $(seq 1 200); do curl -s {url}/; echo; done | sort | uniq -c");
-    println!("  curl -s http://{}/metrics | grep canaryd_requests_total", opts.admin_listen);
+    println!(
+        "  curl -s http://{}/metrics | grep canaryd_requests_total",
+        opts.admin_listen
+    );
     println!("Ctrl-C stops it.");
     super::runtime::run(config, None).await
 }
 
 /// A tiny backend answering `{"version":"vN"}` (and `ok` on `/healthz`) on a free loopback port.
 pub async fn start_backend(version: &'static str) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await.context("binding a demo backend")?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding a demo backend")?;
     let addr = listener.local_addr()?;
     let body = Bytes::from(format!("{{\"version\":\"{version}\"}}"));
-    let opts = ServeOptions { header_read_timeout: Duration::from_secs(30), drain: Duration::from_secs(1) };
+    let opts = ServeOptions {
+        header_read_timeout: Duration::from_secs(30),
+        drain: Duration::from_secs(1),
+    };
     tokio::spawn(serve(
         listener,
         move |_| {
@@ -80,6 +88,7 @@ pub async fn start_backend(version: &'static str) -> anyhow::Result<SocketAddr> 
 fn text_response(body: Bytes, content_type: &'static str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = StatusCode::OK;
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     resp
 }

@@ -57,9 +57,15 @@ fn main() -> ExitCode {
             let loaded = config_file::load(&config)?;
             runtime::run(loaded.config, Some((config, loaded.text))).await
         }),
-        Command::Demo { canary_percent, listen, admin_listen } => {
-            tokio_main(demo::run(demo::DemoOptions { canary_percent, listen, admin_listen }))
-        }
+        Command::Demo {
+            canary_percent,
+            listen,
+            admin_listen,
+        } => tokio_main(demo::run(demo::DemoOptions {
+            canary_percent,
+            listen,
+            admin_listen,
+        })),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -72,7 +78,10 @@ fn main() -> ExitCode {
 }
 
 fn tokio_main(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(fut)
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(fut)
 }
 
 fn check(path: &std::path::Path) -> ExitCode {

@@ -13,7 +13,10 @@ impl ControlMetrics {
     /// Creates and registers the families.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let reloads = IntCounterVec::new(
-            Opts::new("canaryd_config_reloads_total", "Config reload attempts by result (success, failure)."),
+            Opts::new(
+                "canaryd_config_reloads_total",
+                "Config reload attempts by result (success, failure).",
+            ),
             &["result"],
         )?;
         let last_reload_ok = IntGauge::new(
@@ -26,12 +29,17 @@ impl ControlMetrics {
         // Both label values exist from the start so rate() works before the first reload.
         reloads.with_label_values(&["success"]);
         reloads.with_label_values(&["failure"]);
-        Ok(Self { reloads, last_reload_ok })
+        Ok(Self {
+            reloads,
+            last_reload_ok,
+        })
     }
 
     /// Records one reload attempt.
     pub fn reload(&self, ok: bool) {
-        self.reloads.with_label_values(&[if ok { "success" } else { "failure" }]).inc();
+        self.reloads
+            .with_label_values(&[if ok { "success" } else { "failure" }])
+            .inc();
         self.last_reload_ok.set(i64::from(ok));
     }
 }

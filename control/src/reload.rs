@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use canary_config::Config;
 use canary_proxy::{ProxyMetrics, RoutingTable, TableHandle};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::Signal;
 use tokio::sync::watch;
 
 use crate::config_file;
@@ -29,24 +29,20 @@ pub struct Reloader {
     pub proxy_metrics: ProxyMetrics,
     /// Reload counters.
     pub metrics: ControlMetrics,
+    /// SIGHUP, installed before the listeners announce themselves so an early signal
+    /// cannot hit the default action (terminate).
+    pub hangup: Signal,
 }
 
 impl Reloader {
     /// Runs until `shutdown` turns true.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGHUP; reload only on file change");
-                None
-            }
-        };
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let forced = tokio::select! {
                 _ = tick.tick() => false,
-                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+                Some(()) = self.hangup.recv() => true,
                 _ = shutdown.changed() => return,
             };
             self.check(forced);
@@ -80,7 +76,10 @@ impl Reloader {
 
     fn apply(&mut self, config: Config) {
         for field in restart_only_changes(&self.current, &config) {
-            tracing::warn!(field, "changed in the config file; it takes effect only after a restart");
+            tracing::warn!(
+                field,
+                "changed in the config file; it takes effect only after a restart"
+            );
         }
         let previous = self.table.load_full();
         match RoutingTable::build(&config, Some(&previous), &self.proxy_metrics) {

@@ -9,7 +9,7 @@ use canary_config::Config;
 use canary_proxy::{serve, PoolOptions, Proxy, ProxyMetrics, RoutingTable, ServeOptions, TableHandle};
 use prometheus::Registry;
 use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::admin::Admin;
@@ -30,9 +30,14 @@ pub async fn run(config: Config, file: Option<(PathBuf, String)>) -> anyhow::Res
     let proxy = Proxy::new(
         table.clone(),
         proxy_metrics.clone(),
-        PoolOptions { connect_timeout: config.timeouts.connect, idle_timeout: config.timeouts.upstream_idle },
+        PoolOptions {
+            connect_timeout: config.timeouts.connect,
+            idle_timeout: config.timeouts.upstream_idle,
+        },
     );
 
+    // Signal handlers go in before anyone can learn our addresses and signal us.
+    let mut signals = Signals::install()?;
     let public = TcpListener::bind(config.listen.http)
         .await
         .with_context(|| format!("cannot listen on listen.http {}", config.listen.http))?;
@@ -45,10 +50,18 @@ pub async fn run(config: Config, file: Option<(PathBuf, String)>) -> anyhow::Res
     let (stop_tx, stop_rx) = watch::channel(false);
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(true));
-    let serve_opts = ServeOptions { header_read_timeout: config.timeouts.idle, drain: config.timeouts.drain };
+    let serve_opts = ServeOptions {
+        header_read_timeout: config.timeouts.idle,
+        drain: config.timeouts.drain,
+    };
 
     let admin = Admin::new(registry, ready.clone());
-    let admin_task = tokio::spawn(serve(admin_listener, move |_| admin.service(), serve_opts, stopped(admin_stop_rx)));
+    let admin_task = tokio::spawn(serve(
+        admin_listener,
+        move |_| admin.service(),
+        serve_opts,
+        stopped(admin_stop_rx),
+    ));
     let proxy_task = tokio::spawn(serve(
         public,
         move |peer| proxy.connection_service(peer, false),
@@ -57,6 +70,7 @@ pub async fn run(config: Config, file: Option<(PathBuf, String)>) -> anyhow::Res
     ));
     let reload_task = file.map(|(path, text)| {
         let reloader = Reloader {
+            hangup: signals.hangup.take().expect("SIGHUP stream taken once"),
             path,
             current: config,
             last_text: text,
@@ -67,7 +81,7 @@ pub async fn run(config: Config, file: Option<(PathBuf, String)>) -> anyhow::Res
         tokio::spawn(reloader.run(stop_rx))
     });
 
-    let signal_name = shutdown_signal().await?;
+    let signal_name = signals.shutdown().await;
     tracing::info!(signal = signal_name, "shutting down: no new connections, draining");
     // Readiness goes first so load balancers stop sending while we drain.
     ready.store(false, Ordering::Relaxed);
@@ -88,11 +102,33 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _closed = rx.wait_for(|stop| *stop).await;
 }
 
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+/// The process's signal streams.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    /// Taken by the reloader; without a config file SIGHUP is only logged.
+    hangup: Option<Signal>,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            hangup: Some(signal(SignalKind::hangup()).context("installing SIGHUP handler")?),
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT; logs SIGHUPs that have no file to reload.
+    async fn shutdown(&mut self) -> &'static str {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return "SIGTERM",
+                _ = self.int.recv() => return "SIGINT",
+                Some(()) = async { match self.hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    tracing::info!("SIGHUP ignored: no config file to reload");
+                }
+            }
+        }
+    }
 }

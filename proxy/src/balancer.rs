@@ -54,20 +54,14 @@ impl EndpointSet {
                 let (ea, eb) = (&eps[a], &eps[b]);
                 let ok = |e: &Arc<Endpoint>| allowed(e) && e.is_healthy();
                 match (ok(ea), ok(eb)) {
-                    (true, true) => Some(if eb.in_flight() < ea.in_flight() {
-                        eb
-                    } else {
-                        ea
-                    }),
+                    (true, true) => Some(if eb.in_flight() < ea.in_flight() { eb } else { ea }),
                     (true, false) => Some(ea),
                     (false, true) => Some(eb),
                     // Both draws unusable: scan from a random start for a healthy one, then any allowed one.
                     (false, false) => {
                         let start = a;
                         let ring = || (0..n).map(move |i| &eps[(start + i) % n]);
-                        ring()
-                            .find(|e| ok(e))
-                            .or_else(|| ring().find(|e| allowed(e)))
+                        ring().find(|e| ok(e)).or_else(|| ring().find(|e| allowed(e)))
                     }
                 }
             }

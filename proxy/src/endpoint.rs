@@ -37,10 +37,7 @@ impl Endpoint {
     }
 
     /// The upstream URI for a request path.
-    pub(crate) fn uri(
-        &self,
-        path_and_query: Option<&http::uri::PathAndQuery>,
-    ) -> Result<Uri, http::Error> {
+    pub(crate) fn uri(&self, path_and_query: Option<&http::uri::PathAndQuery>) -> Result<Uri, http::Error> {
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(Scheme::HTTP);
         parts.authority = Some(self.authority.clone());

@@ -69,11 +69,7 @@ impl Proxy {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(pool.idle_timeout)
             .build(connector);
-        Self(Arc::new(Inner {
-            table,
-            client,
-            metrics,
-        }))
+        Self(Arc::new(Inner { table, client, metrics }))
     }
 
     /// The service for one accepted connection from `peer` (`tls` when it came over TLS).
@@ -98,11 +94,7 @@ impl Proxy {
     }
 
     /// Serves one request from a client connection.
-    pub async fn handle(
-        &self,
-        mut req: Request<Incoming>,
-        client: &ClientInfo,
-    ) -> Response<ProxyBody> {
+    pub async fn handle(&self, mut req: Request<Incoming>, client: &ClientInfo) -> Response<ProxyBody> {
         let started = Instant::now();
         // The one snapshot load of this request; the guard is dropped before any await.
         let (route, settings) = {
@@ -125,33 +117,26 @@ impl Proxy {
 
         let decided = route.decide();
         let Some(variant) = route.serving_variant(decided) else {
-            route
-                .metrics
-                .response(decided, StatusCode::SERVICE_UNAVAILABLE);
+            route.metrics.response(decided, StatusCode::SERVICE_UNAVAILABLE);
             return reply(ProxyError::NoEndpoints {
                 route: route.name.clone(),
             });
         };
 
-        let client_upgrade = (req.version() == Version::HTTP_11
-            && headers::is_upgrade_request(req.headers()))
-        .then(|| hyper::upgrade::on(&mut req));
+        let client_upgrade = (req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers()))
+            .then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         prepare_upstream_headers(&mut parts, client, variant, client_upgrade.is_some());
 
         let eps = route.endpoints(variant);
         // Only a request with no body and no side effects can go to a second endpoint.
-        let replay = (is_idempotent(&parts.method)
-            && body.is_end_stream()
-            && client_upgrade.is_none()
-            && eps.len() > 1)
-            .then(|| (parts.method.clone(), parts.headers.clone()));
+        let replay =
+            (is_idempotent(&parts.method) && body.is_end_stream() && client_upgrade.is_none() && eps.len() > 1)
+                .then(|| (parts.method.clone(), parts.headers.clone()));
         let path = parts.uri.path_and_query().cloned();
 
         let Some(first) = eps.pick(None) else {
-            route
-                .metrics
-                .response(variant, StatusCode::SERVICE_UNAVAILABLE);
+            route.metrics.response(variant, StatusCode::SERVICE_UNAVAILABLE);
             return reply(ProxyError::NoEndpoints {
                 route: route.name.clone(),
             });
@@ -160,22 +145,14 @@ impl Proxy {
             .exchange(first, parts, Either::Left(body), path.as_ref(), &settings)
             .await;
         if let (Err(Failure::Connect), Some((method, headers))) = (&outcome, replay) {
-            route
-                .metrics
-                .upstream_error(variant, UpstreamErrorReason::Connect);
+            route.metrics.upstream_error(variant, UpstreamErrorReason::Connect);
             if let Some(second) = eps.pick(Some(first)) {
                 let (mut parts, ()) = Request::new(()).into_parts();
                 parts.method = method;
                 parts.headers = headers;
                 parts.version = Version::HTTP_11;
                 outcome = self
-                    .exchange(
-                        second,
-                        parts,
-                        Either::Right(Empty::new()),
-                        path.as_ref(),
-                        &settings,
-                    )
+                    .exchange(second, parts, Either::Right(Empty::new()), path.as_ref(), &settings)
                     .await;
             }
         }
@@ -201,24 +178,15 @@ impl Proxy {
                 let (reason, err) = match failure {
                     Failure::Connect => (
                         UpstreamErrorReason::Connect,
-                        ProxyError::Connect {
-                            route: name,
-                            variant,
-                        },
+                        ProxyError::Connect { route: name, variant },
                     ),
                     Failure::Timeout => (
                         UpstreamErrorReason::Timeout,
-                        ProxyError::Timeout {
-                            route: name,
-                            variant,
-                        },
+                        ProxyError::Timeout { route: name, variant },
                     ),
                     Failure::Protocol => (
                         UpstreamErrorReason::Protocol,
-                        ProxyError::Upstream {
-                            route: name,
-                            variant,
-                        },
+                        ProxyError::Upstream { route: name, variant },
                     ),
                 };
                 route.metrics.upstream_error(variant, reason);
@@ -244,12 +212,7 @@ impl Proxy {
         let in_flight = endpoint.start();
         parts.uri = endpoint.uri(path).map_err(|_| Failure::Protocol)?;
         let request = Request::from_parts(parts, body);
-        match tokio::time::timeout(
-            settings.response_header_timeout,
-            self.0.client.request(request),
-        )
-        .await
-        {
+        match tokio::time::timeout(settings.response_header_timeout, self.0.client.request(request)).await {
             Ok(Ok(resp)) => Ok((resp, in_flight)),
             Ok(Err(e)) if e.is_connect() => {
                 tracing::debug!(endpoint = %endpoint.authority(), error = %e, "upstream connect failed");
@@ -274,12 +237,7 @@ fn request_host<B>(req: &Request<B>) -> Option<&str> {
 }
 
 /// Rewrites the client's headers into the upstream request's: hop-by-hop out, forwarding in.
-fn prepare_upstream_headers(
-    parts: &mut Parts,
-    client: &ClientInfo,
-    variant: Variant,
-    upgrade: bool,
-) {
+fn prepare_upstream_headers(parts: &mut Parts, client: &ClientInfo, variant: Variant, upgrade: bool) {
     let upgrade_value = if upgrade {
         parts.headers.get(UPGRADE).cloned()
     } else {
@@ -295,9 +253,7 @@ fn prepare_upstream_headers(
     }
     headers::set_forwarding(&mut parts.headers, client, host, variant.as_str());
     if let Some(value) = upgrade_value {
-        parts
-            .headers
-            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(UPGRADE, value);
     }
     // Backends always get HTTP/1.1 framing generated by us.
@@ -316,11 +272,7 @@ fn reply(err: ProxyError) -> Response<ProxyBody> {
 }
 
 /// Splices an upgraded (WebSocket) connection between client and upstream.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    _in_flight: InFlight,
-) {
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, _in_flight: InFlight) {
     match tokio::try_join!(client, upstream) {
         Ok((client, upstream)) => {
             let (mut c, mut u) = (TokioIo::new(client), TokioIo::new(upstream));
@@ -332,13 +284,7 @@ async fn tunnel(
     }
 }
 
-fn access_log(
-    route: &Route,
-    variant: Variant,
-    decided: Variant,
-    resp: &Response<ProxyBody>,
-    started: Instant,
-) {
+fn access_log(route: &Route, variant: Variant, decided: Variant, resp: &Response<ProxyBody>, started: Instant) {
     tracing::info!(
         target: "canaryd::access",
         route = route.name(),

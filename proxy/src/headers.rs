@@ -25,8 +25,7 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 /// True for an HTTP/1.1 protocol upgrade request (WebSocket): `Connection: upgrade` plus `Upgrade`.
 pub(crate) fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+    headers.contains_key(header::UPGRADE) && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -43,11 +42,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Vec::new does not allocate; only a Connection header naming extra headers pays.
     let mut named: Vec<HeaderName> = Vec::new();
     for token in connection_tokens(headers) {
-        if HOP_BY_HOP
-            .iter()
-            .any(|h| h.as_str().eq_ignore_ascii_case(token))
-            || token.eq_ignore_ascii_case("close")
-        {
+        if HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(token)) || token.eq_ignore_ascii_case("close") {
             continue;
         }
         if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
@@ -116,10 +111,7 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_connection_named() {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            "keep-alive, X-Secret, close".parse().unwrap(),
-        );
+        h.insert(header::CONNECTION, "keep-alive, X-Secret, close".parse().unwrap());
         h.append(header::CONNECTION, "x-other".parse().unwrap());
         h.insert("x-secret", "1".parse().unwrap());
         h.insert("x-other", "1".parse().unwrap());
@@ -141,12 +133,7 @@ mod tests {
         h.append(X_FORWARDED_FOR, "2.2.2.2".parse().unwrap());
         h.insert(VARIANT_HEADER, "canary".parse().unwrap());
         h.insert(X_FORWARDED_PROTO, "https".parse().unwrap());
-        set_forwarding(
-            &mut h,
-            &client,
-            Some("app.example.com".parse().unwrap()),
-            "stable",
-        );
+        set_forwarding(&mut h, &client, Some("app.example.com".parse().unwrap()), "stable");
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.1.2.3");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "http");

@@ -58,10 +58,7 @@ impl ProxyMetrics {
             ),
             &["route", "variant"],
         )?;
-        let no_route = IntCounter::new(
-            "canaryd_no_route_total",
-            "Requests that matched no route (404).",
-        )?;
+        let no_route = IntCounter::new("canaryd_no_route_total", "Requests that matched no route (404).")?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(fallbacks.clone()))?;
@@ -81,12 +78,9 @@ impl ProxyMetrics {
     /// Resolves the label children of one route.
     pub(crate) fn for_route(&self, route: &str) -> RouteMetrics {
         let variant = |v: Variant| VariantMetrics {
-            responses: CODE_CLASSES
-                .map(|c| self.requests.with_label_values(&[route, v.as_str(), c])),
-            upstream_errors: UpstreamErrorReason::ALL.map(|r| {
-                self.upstream_errors
-                    .with_label_values(&[route, v.as_str(), r])
-            }),
+            responses: CODE_CLASSES.map(|c| self.requests.with_label_values(&[route, v.as_str(), c])),
+            upstream_errors: UpstreamErrorReason::ALL
+                .map(|r| self.upstream_errors.with_label_values(&[route, v.as_str(), r])),
             fallbacks: self.fallbacks.with_label_values(&[route, v.as_str()]),
         };
         RouteMetrics {

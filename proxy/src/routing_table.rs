@@ -31,10 +31,7 @@ struct PrefixList(Vec<(Box<str>, Arc<Route>)>);
 
 impl PrefixList {
     fn find(&self, path: &str) -> Option<&Arc<Route>> {
-        self.0
-            .iter()
-            .find(|(p, _)| prefix_matches(p, path))
-            .map(|(_, r)| r)
+        self.0.iter().find(|(p, _)| prefix_matches(p, path)).map(|(_, r)| r)
     }
 
     fn sort(&mut self) {
@@ -82,27 +79,20 @@ pub enum BuildError {
 
 impl RoutingTable {
     /// Builds a table; endpoints also present in `previous` keep their live state.
-    pub fn build(
-        config: &Config,
-        previous: Option<&RoutingTable>,
-        metrics: &ProxyMetrics,
-    ) -> Result<Self, BuildError> {
+    pub fn build(config: &Config, previous: Option<&RoutingTable>, metrics: &ProxyMetrics) -> Result<Self, BuildError> {
         let mut endpoints: HashMap<Box<str>, Arc<Endpoint>> = HashMap::new();
         let mut endpoint = |route: &str, authority: &str| -> Result<Arc<Endpoint>, BuildError> {
             if let Some(e) = endpoints.get(authority) {
                 return Ok(e.clone());
             }
-            let e =
-                match previous.and_then(|p| p.endpoints.get(authority)) {
-                    Some(e) => e.clone(),
-                    None => Arc::new(Endpoint::new(authority).map_err(|source| {
-                        BuildError::Endpoint {
-                            route: route.to_string(),
-                            endpoint: authority.to_string(),
-                            source,
-                        }
-                    })?),
-                };
+            let e = match previous.and_then(|p| p.endpoints.get(authority)) {
+                Some(e) => e.clone(),
+                None => Arc::new(Endpoint::new(authority).map_err(|source| BuildError::Endpoint {
+                    route: route.to_string(),
+                    endpoint: authority.to_string(),
+                    source,
+                })?),
+            };
             endpoints.insert(authority.into(), e.clone());
             Ok(e)
         };
@@ -141,12 +131,8 @@ impl RoutingTable {
             } else {
                 for h in &r.hosts {
                     let list = match h {
-                        HostPattern::Exact(name) => {
-                            table.exact.entry(name.as_str().into()).or_default()
-                        }
-                        HostPattern::Wildcard(suffix) => {
-                            table.wildcard.entry(suffix.as_str().into()).or_default()
-                        }
+                        HostPattern::Exact(name) => table.exact.entry(name.as_str().into()).or_default(),
+                        HostPattern::Wildcard(suffix) => table.wildcard.entry(suffix.as_str().into()).or_default(),
                     };
                     list.0.push(entry.clone());
                 }
@@ -272,10 +258,7 @@ routes:
     fn host_then_longest_prefix() {
         let t = table(ROUTES);
         assert_eq!(name(&t, "app.example.com", "/"), Some("exact-root"));
-        assert_eq!(
-            name(&t, "App.Example.Com:8080", "/api/v1"),
-            Some("exact-api")
-        );
+        assert_eq!(name(&t, "App.Example.Com:8080", "/api/v1"), Some("exact-api"));
         assert_eq!(name(&t, "app.example.com.", "/api"), Some("exact-api"));
         assert_eq!(
             name(&t, "app.example.com", "/apix"),
@@ -283,11 +266,7 @@ routes:
             "segment boundary"
         );
         assert_eq!(name(&t, "x.example.com", "/anything"), Some("wild"));
-        assert_eq!(
-            name(&t, "a.b.example.com", "/"),
-            None,
-            "wildcard covers one label only"
-        );
+        assert_eq!(name(&t, "a.b.example.com", "/"), None, "wildcard covers one label only");
         assert_eq!(name(&t, "other.org", "/public/x"), Some("any"));
         assert_eq!(name(&t, "other.org", "/public"), Some("any"));
         assert_eq!(name(&t, "other.org", "/private"), None);

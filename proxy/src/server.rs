@@ -75,10 +75,7 @@ pub async fn serve<M, S, B>(
     }
     drop(listener);
     tracing::info!(drain = ?opts.drain, "listener closed, draining in-flight requests");
-    if tokio::time::timeout(opts.drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(opts.drain, graceful.shutdown()).await.is_err() {
         tracing::warn!("drain timeout reached with requests still in flight");
     }
 }

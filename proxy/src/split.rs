@@ -73,9 +73,7 @@ mod tests {
     #[test]
     fn ppm_arithmetic_at_one_ten_thousandth_of_a_percent() {
         // 0.0001 % = 1 ppm: exactly one draw value of the million picks canary.
-        let canary = (0..PPM_SCALE)
-            .filter(|&d| by_draw(1, d) == Variant::Canary)
-            .count();
+        let canary = (0..PPM_SCALE).filter(|&d| by_draw(1, d) == Variant::Canary).count();
         assert_eq!(canary, 1);
         let canary = (0..PPM_SCALE)
             .filter(|&d| by_draw(100_000, d) == Variant::Canary)
@@ -99,9 +97,7 @@ mod tests {
     fn weighted_share_is_within_binomial_bounds() {
         // 200 000 draws at 10 %: sd = sqrt(n p (1-p)) ≈ 134; 99.9 % two-sided bound is 3.29 sd.
         let n = 200_000u32;
-        let canary = (0..n)
-            .filter(|_| weighted(100_000) == Variant::Canary)
-            .count() as f64;
+        let canary = (0..n).filter(|_| weighted(100_000) == Variant::Canary).count() as f64;
         let expect = f64::from(n) * 0.1;
         let sd = (f64::from(n) * 0.1 * 0.9).sqrt();
         assert!(

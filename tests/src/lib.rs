@@ -1,1 +1,17 @@
-//! Test support.
+//! Support for the end-to-end tests: real backends on port 0, the real `canaryd`
+//! binary, and HTTP clients — all on loopback.
+
+pub mod backend;
+pub mod canaryd;
+pub mod client;
+
+pub use backend::{Backend, BackendHandle, Recorded};
+pub use canaryd::Canaryd;
+pub use client::{Client, Reply};
+
+/// The 99.9 % two-sided binomial bound (3.29 standard deviations) around `n * p`.
+pub fn binomial_bounds(n: u64, p: f64) -> (f64, f64) {
+    let mean = n as f64 * p;
+    let sd = (n as f64 * p * (1.0 - p)).sqrt();
+    (mean - 3.29 * sd, mean + 3.29 * sd)
+}
