@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawConfig {
     pub listen: RawListen,
@@ -11,19 +11,6 @@ pub(crate) struct RawConfig {
     pub passive_health: RawPassiveHealth,
     pub access_log: bool,
     pub routes: Vec<RawRoute>,
-}
-
-impl Default for RawConfig {
-    fn default() -> Self {
-        Self {
-            listen: RawListen::default(),
-            admin: RawAdmin::default(),
-            timeouts: RawTimeouts::default(),
-            passive_health: RawPassiveHealth::default(),
-            access_log: false,
-            routes: Vec::new(),
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]

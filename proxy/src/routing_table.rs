@@ -35,7 +35,7 @@ impl PrefixList {
     }
 
     fn sort(&mut self) {
-        self.0.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.0.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
     }
 }
 

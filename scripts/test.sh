@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every test of canaryd: formatting, lints, unit tests, the end-to-end suite
+# (real canaryd binary, real backends and clients on loopback) and a one-pass smoke
+# run of the benchmarks. Installs what the tests need when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Tools the tests call. With CI=true a missing tool that cannot be installed fails the run.
+need=()
+command -v cargo >/dev/null || { echo "cargo is required (rustup)" >&2; exit 1; }
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  else
+    echo "missing: ${need[*]} (install them, or run as root)" >&2
+    exit 1
+  fi
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo test (unit, end-to-end, benchmark smoke)"
+cargo test --workspace --all-targets
