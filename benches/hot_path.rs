@@ -35,7 +35,9 @@ fn lookup(c: &mut Criterion) {
 }
 
 fn decision(c: &mut Criterion) {
-    c.bench_function("split_weighted_10pct", |b| b.iter(|| split::weighted(black_box(100_000))));
+    c.bench_function("split_weighted_10pct", |b| {
+        b.iter(|| split::weighted(black_box(100_000)))
+    });
 }
 
 criterion_group!(benches, lookup, decision);
