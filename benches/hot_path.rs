@@ -3,7 +3,7 @@
 
 use std::hint::black_box;
 
-use canary_proxy::{split, ProxyMetrics, RoutingTable};
+use canary_proxy::{split, LiveRoute, ProxyMetrics, RoutingTable};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 /// A config with `n` routes: n/10 hosts with 10 path prefixes each.
@@ -19,7 +19,7 @@ fn table(n: usize) -> RoutingTable {
     }
     let config = canary_config::parse(&yaml).expect("bench config");
     let metrics = ProxyMetrics::register(&prometheus::Registry::new()).unwrap();
-    RoutingTable::build(&config, None, &metrics).unwrap()
+    RoutingTable::build(&config, LiveRoute::from_config, None, &metrics).unwrap()
 }
 
 fn lookup(c: &mut Criterion) {

@@ -10,7 +10,10 @@ mod validate;
 mod weight;
 
 pub use error::{ConfigError, FieldError};
-pub use model::{Admin, Backend, Config, Endpoint, HostPattern, Listen, PassiveHealth, Route, Timeouts};
+pub use model::{
+    Admin, Affinity, AffinityKey, Backend, Config, Endpoint, HostPattern, Listen, Overrides, PassiveHealth, Route,
+    State, Timeouts,
+};
 pub use weight::{Weight, WeightError};
 
 /// Parses and validates a YAML config document, collecting every semantic error.

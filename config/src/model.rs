@@ -16,6 +16,10 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// When an endpoint is skipped after connect failures.
     pub passive_health: PassiveHealth,
+    /// Standalone-mode state persistence.
+    pub state: State,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` are believed for `client_ip` affinity.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// One log line per request at info level.
     pub access_log: bool,
     /// Routes in file order.
@@ -27,6 +31,13 @@ pub struct Config {
 pub struct Listen {
     /// HTTP/1.1 and h2c.
     pub http: SocketAddr,
+}
+
+/// Where standalone mode keeps its live state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    /// The state file (written atomically).
+    pub path: std::path::PathBuf,
 }
 
 /// Admin listener settings.
@@ -73,8 +84,45 @@ pub struct Route {
     pub stable: Backend,
     /// The canary variant's backend.
     pub canary: Backend,
-    /// Share of requests sent to the canary.
+    /// Share of requests (or of users, with affinity) sent to the canary.
     pub weight: Weight,
+    /// Sticky assignment; `None` decides per request.
+    pub affinity: Option<Affinity>,
+    /// Tester overrides (`x-canary: always|never`).
+    pub overrides: Overrides,
+    /// Everyone goes to the canary (a tester's entry point such as `canary.app.example.com`).
+    pub canary_only: bool,
+    /// Also tell the client its variant in `x-canary-variant`.
+    pub expose_variant: bool,
+}
+
+/// Sticky assignment of users to variants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Affinity {
+    /// Where the user key comes from.
+    pub key: AffinityKey,
+    /// `Max-Age` of a minted cookie.
+    pub cookie_max_age: Duration,
+}
+
+/// The source of a user's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AffinityKey {
+    /// A cookie of this name; minted when absent.
+    Cookie(String),
+    /// A request header of this (lower-case) name.
+    Header(String),
+    /// The client address (from trusted proxies' headers when the peer is one).
+    ClientIp,
+}
+
+/// Names that force a variant with the values `always` or `never`; `None` = not checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overrides {
+    /// Request header name, lower-case.
+    pub header: Option<String>,
+    /// Cookie name.
+    pub cookie: Option<String>,
 }
 
 /// A host to match, lower-cased.

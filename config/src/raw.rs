@@ -9,8 +9,24 @@ pub(crate) struct RawConfig {
     pub admin: RawAdmin,
     pub timeouts: RawTimeouts,
     pub passive_health: RawPassiveHealth,
+    pub state: RawState,
+    pub trusted_proxies: Vec<String>,
     pub access_log: bool,
     pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawState {
+    pub path: String,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        Self {
+            path: "/var/lib/canaryd/state.json".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +108,49 @@ pub(crate) struct RawRoute {
     pub canary: RawBackend,
     #[serde(default)]
     pub weight: f64,
+    #[serde(default)]
+    pub affinity: Option<RawAffinity>,
+    #[serde(default, rename = "override")]
+    pub overrides: RawOverride,
+    #[serde(default)]
+    pub canary_only: bool,
+    #[serde(default)]
+    pub expose_variant: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAffinity {
+    pub key: RawAffinityKey,
+    pub cookie: Option<String>,
+    pub header: Option<String>,
+    pub max_age: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawAffinityKey {
+    Cookie,
+    Header,
+    ClientIp,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawOverride {
+    pub enabled: bool,
+    pub header: String,
+    pub cookie: String,
+}
+
+impl Default for RawOverride {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            header: "x-canary".into(),
+            cookie: "canary".into(),
+        }
+    }
 }
 
 fn default_prefix() -> String {

@@ -103,6 +103,11 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
                 Weight::ZERO
             }
         };
+        let affinity = r
+            .affinity
+            .as_ref()
+            .and_then(|a| affinity(&mut errs, &format!("{at}.affinity"), a));
+        let overrides = overrides(&mut errs, &format!("{at}.override"), &r.overrides);
         routes.push(Route {
             name: r.name,
             hosts,
@@ -110,7 +115,32 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             stable,
             canary,
             weight,
+            affinity,
+            overrides,
+            canary_only: r.canary_only,
+            expose_variant: r.expose_variant,
         });
+    }
+
+    let mut trusted_proxies = Vec::with_capacity(raw.trusted_proxies.len());
+    for (i, t) in raw.trusted_proxies.iter().enumerate() {
+        let net = t
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| t.parse::<IpAddr>().map(ipnet::IpNet::from));
+        match net {
+            Ok(n) => trusted_proxies.push(n.trunc()),
+            Err(_) => errs.push(
+                format!("trusted_proxies[{i}]"),
+                format!("{t:?} is not a CIDR like 10.0.0.0/8 or an IP"),
+            ),
+        }
+    }
+    let state_path = std::path::PathBuf::from(&raw.state.path);
+    if raw.state.path.is_empty() || !state_path.is_absolute() || raw.state.path.contains('\0') {
+        errs.push(
+            "state.path",
+            format!("{:?} must be an absolute file path", raw.state.path),
+        );
     }
 
     if !errs.0.is_empty() {
@@ -125,9 +155,116 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         },
         timeouts,
         passive_health,
+        state: State { path: state_path },
+        trusted_proxies,
         access_log: raw.access_log,
         routes,
     })
+}
+
+fn affinity(errs: &mut Errors, at: &str, raw: &RawAffinity) -> Option<Affinity> {
+    let before = errs.0.len();
+    let key = match raw.key {
+        RawAffinityKey::Cookie => {
+            let name = raw.cookie.as_deref().unwrap_or("canary_id");
+            if let Err(m) = cookie_name(name) {
+                errs.push(format!("{at}.cookie"), m);
+            }
+            if raw.header.is_some() {
+                errs.push(format!("{at}.header"), "only used with key: header");
+            }
+            AffinityKey::Cookie(name.into())
+        }
+        RawAffinityKey::Header => {
+            let name = match raw.header.as_deref() {
+                Some(h) => h,
+                None => {
+                    errs.push(
+                        format!("{at}.header"),
+                        "key: header needs the header's name, e.g. header: x-user-id",
+                    );
+                    ""
+                }
+            };
+            if raw.header.is_some() {
+                if let Err(m) = header_name(name) {
+                    errs.push(format!("{at}.header"), m);
+                }
+            }
+            if raw.cookie.is_some() {
+                errs.push(format!("{at}.cookie"), "only used with key: cookie");
+            }
+            AffinityKey::Header(name.to_ascii_lowercase())
+        }
+        RawAffinityKey::ClientIp => {
+            for (field, set) in [("cookie", raw.cookie.is_some()), ("header", raw.header.is_some())] {
+                if set {
+                    errs.push(format!("{at}.{field}"), "not used with key: client_ip");
+                }
+            }
+            AffinityKey::ClientIp
+        }
+    };
+    let max_age = match &raw.max_age {
+        Some(text) if !matches!(key, AffinityKey::Cookie(_)) => {
+            errs.push(format!("{at}.max_age"), format!("{text:?}: only used with key: cookie"));
+            Duration::ZERO
+        }
+        Some(text) => duration(errs, &format!("{at}.max_age"), text),
+        None => Duration::from_secs(30 * 24 * 3600),
+    };
+    (errs.0.len() == before).then_some(Affinity {
+        key,
+        cookie_max_age: max_age,
+    })
+}
+
+fn overrides(errs: &mut Errors, at: &str, raw: &RawOverride) -> Overrides {
+    if !raw.enabled {
+        return Overrides {
+            header: None,
+            cookie: None,
+        };
+    }
+    if let Err(m) = header_name(&raw.header) {
+        errs.push(format!("{at}.header"), m);
+    }
+    if let Err(m) = cookie_name(&raw.cookie) {
+        errs.push(format!("{at}.cookie"), m);
+    }
+    Overrides {
+        header: Some(raw.header.to_ascii_lowercase()),
+        cookie: Some(raw.cookie.clone()),
+    }
+}
+
+/// RFC 9110 token characters: what a header or cookie name may contain.
+fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn header_name(name: &str) -> Result<(), String> {
+    if is_token(name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a header name (letters, digits and -, at most 64)"
+        ))
+    }
+}
+
+fn cookie_name(name: &str) -> Result<(), String> {
+    if is_token(name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a cookie name (letters, digits and -_, at most 64)"
+        ))
+    }
 }
 
 fn socket_addr(errs: &mut Errors, path: &str, text: &str) -> Option<SocketAddr> {

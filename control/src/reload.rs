@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::config_file;
 use crate::metrics::ControlMetrics;
+use crate::state::StateStore;
 
 /// How often the file is re-read to notice changes (ConfigMap updates swap a symlink, which inotify misses).
 const POLL: Duration = Duration::from_secs(1);
@@ -29,6 +30,8 @@ pub struct Reloader {
     pub proxy_metrics: ProxyMetrics,
     /// Reload counters.
     pub metrics: ControlMetrics,
+    /// Live route state (weights, sticky salts).
+    pub store: StateStore,
     /// SIGHUP, installed before the listeners announce themselves so an early signal
     /// cannot hit the default action (terminate).
     pub hangup: Signal,
@@ -81,8 +84,13 @@ impl Reloader {
                 "changed in the config file; it takes effect only after a restart"
             );
         }
+        if let Err(e) = self.store.apply(&config) {
+            // Serving the new config matters more; the next successful save catches up.
+            tracing::error!(error = %e, "route state not saved");
+        }
         let previous = self.table.load_full();
-        match RoutingTable::build(&config, Some(&previous), &self.proxy_metrics) {
+        let state = &self.store.state;
+        match RoutingTable::build(&config, |r| state.live(r), Some(&previous), &self.proxy_metrics) {
             Ok(table) => {
                 self.table.store(table);
                 tracing::info!(routes = config.routes.len(), "config reloaded");

@@ -15,10 +15,14 @@ use tokio::sync::watch;
 use crate::admin::Admin;
 use crate::metrics::ControlMetrics;
 use crate::reload::Reloader;
+use crate::state::StateStore;
 
 /// Serves `config` until SIGTERM or SIGINT; with `file` (its path and the text `config`
-/// came from), reloads it on SIGHUP and on change.
+/// came from), reloads it on SIGHUP and on change, and keeps live state in `state.path`.
 pub async fn run(config: Config, file: Option<(PathBuf, String)>) -> anyhow::Result<()> {
+    let mut store =
+        StateStore::open(file.as_ref().map(|_| config.state.path.clone())).context("loading state (state.path)")?;
+    store.apply(&config).context("saving state (state.path)")?;
     let registry = Registry::new();
     let proxy_metrics = ProxyMetrics::register(&registry).context("registering proxy metrics")?;
     let control_metrics = ControlMetrics::register(&registry).context("registering control metrics")?;
@@ -26,7 +30,12 @@ pub async fn run(config: Config, file: Option<(PathBuf, String)>) -> anyhow::Res
         .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
         .context("registering process metrics")?;
 
-    let table = TableHandle::new(RoutingTable::build(&config, None, &proxy_metrics)?);
+    let table = TableHandle::new(RoutingTable::build(
+        &config,
+        |r| store.state.live(r),
+        None,
+        &proxy_metrics,
+    )?);
     let proxy = Proxy::new(
         table.clone(),
         proxy_metrics.clone(),
@@ -77,6 +86,7 @@ pub async fn run(config: Config, file: Option<(PathBuf, String)>) -> anyhow::Res
             table,
             proxy_metrics,
             metrics: control_metrics,
+            store,
         };
         tokio::spawn(reloader.run(stop_rx))
     });

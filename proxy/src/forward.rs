@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{CONNECTION, HOST, UPGRADE};
+use http::header::{CONNECTION, HOST, SET_COOKIE, UPGRADE};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
@@ -94,33 +94,61 @@ impl Proxy {
     }
 
     /// Serves one request from a client connection.
-    pub async fn handle(&self, mut req: Request<Incoming>, client: &ClientInfo) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Incoming>, client: &ClientInfo) -> Response<ProxyBody> {
         let started = Instant::now();
         // The one snapshot load of this request; the guard is dropped before any await.
-        let (route, settings) = {
+        let (route, settings, decision) = {
             let table = self.0.table.load();
             let Some(host) = request_host(&req) else {
                 return reply(ProxyError::BadRequest("missing Host header"));
             };
-            match table.lookup(host, req.uri().path()) {
-                Some(route) => (route.clone(), *table.settings()),
-                None => {
-                    self.0.metrics.no_route();
-                    let path = req.uri().path().to_owned();
-                    return reply(ProxyError::NoRoute {
-                        host: host.to_owned(),
-                        path,
-                    });
-                }
-            }
+            let Some(route) = table.lookup(host, req.uri().path()) else {
+                self.0.metrics.no_route();
+                let (host, path) = (host.to_owned(), req.uri().path().to_owned());
+                return reply(ProxyError::NoRoute { host, path });
+            };
+            let decision = route.decide(req.headers(), client, table.trusted_proxies());
+            (route.clone(), *table.settings(), decision)
         };
+        let log = settings
+            .access_log
+            .then(|| (req.method().clone(), req.uri().path().to_owned()));
 
-        let decided = route.decide();
+        let (mut response, variant) = self.forward(req, client, &route, decision.variant, &settings).await;
+        if let Some(cookie) = decision.set_cookie {
+            response.headers_mut().append(SET_COOKIE, cookie);
+        }
+        if route.expose_variant {
+            if let Some(v) = variant {
+                response
+                    .headers_mut()
+                    .insert(headers::VARIANT_HEADER, HeaderValue::from_static(v.as_str()));
+            }
+        }
+        if let Some((method, path)) = log {
+            access_log(&route, &method, &path, decision.variant, variant, &response, started);
+        }
+        response
+    }
+
+    /// Sends the request to an endpoint of the decided variant (or the other one as a
+    /// fallback); returns the response and the variant that served, if any did.
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        client: &ClientInfo,
+        route: &Route,
+        decided: Variant,
+        settings: &Settings,
+    ) -> (Response<ProxyBody>, Option<Variant>) {
         let Some(variant) = route.serving_variant(decided) else {
             route.metrics.response(decided, StatusCode::SERVICE_UNAVAILABLE);
-            return reply(ProxyError::NoEndpoints {
-                route: route.name.clone(),
-            });
+            return (
+                reply(ProxyError::NoEndpoints {
+                    route: route.name.clone(),
+                }),
+                None,
+            );
         };
 
         let client_upgrade = (req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers()))
@@ -137,12 +165,15 @@ impl Proxy {
 
         let Some(first) = eps.pick(None) else {
             route.metrics.response(variant, StatusCode::SERVICE_UNAVAILABLE);
-            return reply(ProxyError::NoEndpoints {
-                route: route.name.clone(),
-            });
+            return (
+                reply(ProxyError::NoEndpoints {
+                    route: route.name.clone(),
+                }),
+                None,
+            );
         };
         let mut outcome = self
-            .exchange(first, parts, Either::Left(body), path.as_ref(), &settings)
+            .exchange(first, parts, Either::Left(body), path.as_ref(), settings)
             .await;
         if let (Err(Failure::Connect), Some((method, headers))) = (&outcome, replay) {
             route.metrics.upstream_error(variant, UpstreamErrorReason::Connect);
@@ -152,7 +183,7 @@ impl Proxy {
                 parts.headers = headers;
                 parts.version = Version::HTTP_11;
                 outcome = self
-                    .exchange(second, parts, Either::Right(Empty::new()), path.as_ref(), &settings)
+                    .exchange(second, parts, Either::Right(Empty::new()), path.as_ref(), settings)
                     .await;
             }
         }
@@ -166,7 +197,10 @@ impl Proxy {
                         let upstream_upgrade = hyper::upgrade::on(&mut resp);
                         tokio::spawn(tunnel(client_upgrade, upstream_upgrade, in_flight));
                         let (parts, _) = resp.into_parts();
-                        return Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
+                        return (
+                            Response::from_parts(parts, Either::Right(Full::new(Bytes::new()))),
+                            Some(variant),
+                        );
                     }
                 }
                 let (mut parts, body) = resp.into_parts();
@@ -194,10 +228,7 @@ impl Proxy {
                 reply(err)
             }
         };
-        if settings.access_log {
-            access_log(&route, variant, decided, &response, started);
-        }
-        response
+        (response, Some(variant))
     }
 
     /// One attempt against one endpoint, up to the response headers.
@@ -284,12 +315,22 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
     }
 }
 
-fn access_log(route: &Route, variant: Variant, decided: Variant, resp: &Response<ProxyBody>, started: Instant) {
+fn access_log(
+    route: &Route,
+    method: &Method,
+    path: &str,
+    decided: Variant,
+    served: Option<Variant>,
+    resp: &Response<ProxyBody>,
+    started: Instant,
+) {
     tracing::info!(
         target: "canaryd::access",
+        method = method.as_str(),
+        path,
         route = route.name(),
-        variant = variant.as_str(),
-        fallback = variant != decided,
+        decided = decided.as_str(),
+        variant = served.map_or("none", Variant::as_str),
         status = resp.status().as_u16(),
         micros = started.elapsed().as_micros() as u64,
         "request"

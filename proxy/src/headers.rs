@@ -60,6 +60,10 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Per-connection forwarding facts, computed once when the connection is accepted.
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
+    /// The socket peer's address.
+    pub(crate) peer: std::net::IpAddr,
+    /// True when the connection came over TLS.
+    pub(crate) tls: bool,
     /// The peer's IP as a header value, for `X-Forwarded-For`.
     pub(crate) peer_ip: HeaderValue,
     /// `http` or `https`.
@@ -71,6 +75,8 @@ impl ClientInfo {
     pub fn new(peer: std::net::SocketAddr, tls: bool) -> Self {
         let ip = peer.ip().to_canonical().to_string();
         Self {
+            peer: peer.ip().to_canonical(),
+            tls,
             peer_ip: HeaderValue::from_str(&ip).expect("an IP address is a valid header value"),
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
         }

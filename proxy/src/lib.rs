@@ -4,6 +4,7 @@
 //! every request does exactly one atomic load of it.
 #![forbid(unsafe_code)]
 
+mod affinity;
 mod balancer;
 mod body;
 mod endpoint;
@@ -21,6 +22,6 @@ pub use forward::{PoolOptions, Proxy, ProxyBody, UpstreamClient};
 pub use headers::ClientInfo;
 pub use metrics::ProxyMetrics;
 pub use route::Route;
-pub use routing_table::{BuildError, RoutingTable, Settings, TableHandle};
+pub use routing_table::{BuildError, LiveRoute, RoutingTable, Settings, TableHandle};
 pub use server::{serve, ServeOptions};
 pub use split::Variant;

@@ -1,14 +1,31 @@
 //! A route as the data plane sees it: its weight, its two endpoint sets, its counters.
 
+use canary_config::{Affinity, AffinityKey, Overrides};
+use http::{HeaderMap, HeaderValue};
+
+use crate::affinity::{self, UserKey};
 use crate::balancer::EndpointSet;
+use crate::headers::ClientInfo;
 use crate::metrics::RouteMetrics;
 use crate::split::{self, Variant};
+
+/// The variant decided for a request, and the cookie to set when a user key was minted.
+#[derive(Debug)]
+pub(crate) struct Decision {
+    pub(crate) variant: Variant,
+    pub(crate) set_cookie: Option<HeaderValue>,
+}
 
 /// One immutable route of a [`crate::RoutingTable`].
 #[derive(Debug)]
 pub struct Route {
     pub(crate) name: Box<str>,
     pub(crate) weight_ppm: u32,
+    pub(crate) salt: u64,
+    pub(crate) affinity: Option<Affinity>,
+    pub(crate) overrides: Overrides,
+    pub(crate) canary_only: bool,
+    pub(crate) expose_variant: bool,
     pub(crate) variants: [EndpointSet; 2],
     pub(crate) metrics: RouteMetrics,
 }
@@ -33,10 +50,64 @@ impl Route {
         &self.variants[variant as usize]
     }
 
+    /// The sticky salt of the current rollout.
+    pub fn salt(&self) -> u64 {
+        self.salt
+    }
+
     /// The variant this request is decided to, before endpoint availability.
+    /// First match wins: `canary_only`, override header, override cookie, affinity, weight.
     #[inline]
-    pub(crate) fn decide(&self) -> Variant {
-        split::weighted(self.weight_ppm)
+    pub(crate) fn decide(&self, headers: &HeaderMap, client: &ClientInfo, trusted: &[ipnet::IpNet]) -> Decision {
+        let decided = |variant| Decision {
+            variant,
+            set_cookie: None,
+        };
+        if self.canary_only {
+            return decided(Variant::Canary);
+        }
+        if let Some(forced) = self.forced(headers) {
+            return decided(forced);
+        }
+        let Some(affinity) = &self.affinity else {
+            return decided(split::weighted(self.weight_ppm));
+        };
+        let key = affinity::user_key(&affinity.key, headers, client, trusted);
+        let variant = split::sticky(self.weight_ppm, self.salt, key.bytes());
+        let set_cookie = match (&key, &affinity.key) {
+            (UserKey::Minted(id), AffinityKey::Cookie(name)) => Some(affinity::set_cookie(
+                name,
+                id,
+                affinity.cookie_max_age.as_secs(),
+                client.tls,
+            )),
+            _ => None,
+        };
+        Decision { variant, set_cookie }
+    }
+
+    /// A tester's `always` / `never` in the override header, then the override cookie.
+    fn forced(&self, headers: &HeaderMap) -> Option<Variant> {
+        let parse = |v: &str| {
+            if v.eq_ignore_ascii_case("always") {
+                Some(Variant::Canary)
+            } else if v.eq_ignore_ascii_case("never") {
+                Some(Variant::Stable)
+            } else {
+                None // other values are ignored, not errors
+            }
+        };
+        let by_header = self
+            .overrides
+            .header
+            .as_deref()
+            .and_then(|name| headers.get(name))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse(v.trim()));
+        by_header.or_else(|| {
+            let name = self.overrides.cookie.as_deref()?;
+            affinity::cookie(headers, name).and_then(parse)
+        })
     }
 
     /// The variant that will actually serve: the decided one if it has a usable

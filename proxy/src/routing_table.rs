@@ -25,6 +25,25 @@ pub struct Settings {
     pub access_log: bool,
 }
 
+/// The live part of a route that the control plane owns: its weight and sticky salt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveRoute {
+    /// Canary share.
+    pub weight: canary_config::Weight,
+    /// Salt of the current rollout (see [`crate::split`]).
+    pub salt: u64,
+}
+
+impl LiveRoute {
+    /// The config's weight with the salt of rollout generation 0 (no stored state).
+    pub fn from_config(route: &canary_config::Route) -> Self {
+        Self {
+            weight: route.weight,
+            salt: crate::split::salt_for(&route.name, 0),
+        }
+    }
+}
+
 /// Routes of one host pattern, longest prefix first.
 #[derive(Debug, Default)]
 struct PrefixList(Vec<(Box<str>, Arc<Route>)>);
@@ -59,6 +78,7 @@ pub struct RoutingTable {
     any_host: PrefixList,
     routes: Vec<Arc<Route>>,
     endpoints: HashMap<Box<str>, Arc<Endpoint>>,
+    trusted_proxies: Box<[ipnet::IpNet]>,
     settings: Settings,
 }
 
@@ -78,8 +98,14 @@ pub enum BuildError {
 }
 
 impl RoutingTable {
-    /// Builds a table; endpoints also present in `previous` keep their live state.
-    pub fn build(config: &Config, previous: Option<&RoutingTable>, metrics: &ProxyMetrics) -> Result<Self, BuildError> {
+    /// Builds a table; `live` gives each route's weight and salt; endpoints also present
+    /// in `previous` keep their live state.
+    pub fn build(
+        config: &Config,
+        live: impl Fn(&canary_config::Route) -> LiveRoute,
+        previous: Option<&RoutingTable>,
+        metrics: &ProxyMetrics,
+    ) -> Result<Self, BuildError> {
         let mut endpoints: HashMap<Box<str>, Arc<Endpoint>> = HashMap::new();
         let mut endpoint = |route: &str, authority: &str| -> Result<Arc<Endpoint>, BuildError> {
             if let Some(e) = endpoints.get(authority) {
@@ -103,6 +129,7 @@ impl RoutingTable {
             any_host: PrefixList::default(),
             routes: Vec::with_capacity(config.routes.len()),
             endpoints: HashMap::new(),
+            trusted_proxies: config.trusted_proxies.clone().into_boxed_slice(),
             settings: Settings {
                 response_header_timeout: config.timeouts.response_header,
                 health_failures: config.passive_health.failures,
@@ -119,9 +146,15 @@ impl RoutingTable {
                     .collect::<Result<_, _>>()?;
                 Ok(EndpointSet::new(eps))
             };
+            let state = live(r);
             let route = Arc::new(Route {
                 name: r.name.as_str().into(),
-                weight_ppm: r.weight.ppm(),
+                weight_ppm: state.weight.ppm(),
+                salt: state.salt,
+                affinity: r.affinity.clone(),
+                overrides: r.overrides.clone(),
+                canary_only: r.canary_only,
+                expose_variant: r.expose_variant,
                 variants: [set(&r.stable)?, set(&r.canary)?],
                 metrics: metrics.for_route(&r.name),
             });
@@ -170,6 +203,11 @@ impl RoutingTable {
     /// Routes in config order.
     pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
+    }
+
+    /// Peers whose forwarding headers are believed.
+    pub fn trusted_proxies(&self) -> &[ipnet::IpNet] {
+        &self.trusted_proxies
     }
 
     /// Request-path settings.
@@ -230,7 +268,7 @@ mod tests {
     fn table(yaml: &str) -> RoutingTable {
         let config = canary_config::parse(yaml).unwrap();
         let metrics = ProxyMetrics::register(&prometheus::Registry::new()).unwrap();
-        RoutingTable::build(&config, None, &metrics).unwrap()
+        RoutingTable::build(&config, LiveRoute::from_config, None, &metrics).unwrap()
     }
 
     const ROUTES: &str = r#"
@@ -277,8 +315,8 @@ routes:
     fn reuses_endpoint_state_across_builds() {
         let config = canary_config::parse(ROUTES).unwrap();
         let metrics = ProxyMetrics::register(&prometheus::Registry::new()).unwrap();
-        let a = RoutingTable::build(&config, None, &metrics).unwrap();
-        let b = RoutingTable::build(&config, Some(&a), &metrics).unwrap();
+        let a = RoutingTable::build(&config, LiveRoute::from_config, None, &metrics).unwrap();
+        let b = RoutingTable::build(&config, LiveRoute::from_config, Some(&a), &metrics).unwrap();
         for (k, e) in &a.endpoints {
             assert!(Arc::ptr_eq(e, &b.endpoints[k]));
         }

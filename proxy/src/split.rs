@@ -1,4 +1,14 @@
-//! The variant decision: a pure function of the route's weight and a random draw.
+//! The variant decision: pure functions of the route's weight and a random draw
+//! (per request) or a user key (sticky).
+//!
+//! # The sticky hash (fixed; every replica and every restart computes the same)
+//!
+//! `salt = xxh3_64(route_name ‖ ":" ‖ generation)` with `generation` the rollout
+//! number (decimal ASCII), bumped each time the weight rises from 0;
+//! `bucket = xxh3_64(salt as 8 little-endian bytes ‖ key) % 1_000_000`;
+//! canary when `bucket < weight_ppm`. xxh3 is used with its default secret and seed 0.
+//! Because the test is `bucket < weight`, raising the weight only ever moves users
+//! from stable to canary, and lowering it only from canary to stable.
 
 use std::fmt;
 
@@ -66,9 +76,106 @@ pub fn weighted(weight_ppm: u32) -> Variant {
     by_draw(weight_ppm, fastrand::u32(0..PPM_SCALE))
 }
 
+/// The salt of a route's rollout `generation` (see the module doc).
+pub fn salt_for(route: &str, generation: u64) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(format!("{route}:{generation}").as_bytes())
+}
+
+/// The user's bucket in `0..1_000_000` under `salt`.
+#[inline]
+pub fn bucket(salt: u64, key: &[u8]) -> u32 {
+    let hash = if key.len() <= 248 {
+        // The common case hashes one contiguous stack buffer, no allocation.
+        let mut buf = [0u8; 256];
+        buf[..8].copy_from_slice(&salt.to_le_bytes());
+        buf[8..8 + key.len()].copy_from_slice(key);
+        xxhash_rust::xxh3::xxh3_64(&buf[..8 + key.len()])
+    } else {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&salt.to_le_bytes());
+        h.update(key);
+        h.digest()
+    };
+    (hash % u64::from(PPM_SCALE)) as u32
+}
+
+/// Sticky decision for a user key.
+#[inline]
+pub fn sticky(weight_ppm: u32, salt: u64, key: &[u8]) -> Variant {
+    by_draw(weight_ppm, bucket(salt, key))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn raising_the_weight_never_moves_a_user_back_to_stable(
+            key in proptest::collection::vec(any::<u8>(), 0..300),
+            salt in any::<u64>(),
+            a in 0..=PPM_SCALE,
+            b in 0..=PPM_SCALE,
+        ) {
+            let (w1, w2) = (a.min(b), a.max(b));
+            if sticky(w1, salt, &key) == Variant::Canary {
+                prop_assert_eq!(sticky(w2, salt, &key), Variant::Canary);
+            }
+            if sticky(w2, salt, &key) == Variant::Stable {
+                prop_assert_eq!(sticky(w1, salt, &key), Variant::Stable);
+            }
+        }
+
+        #[test]
+        fn long_and_short_keys_hash_the_same_way(key in proptest::collection::vec(any::<u8>(), 240..260), salt in any::<u64>()) {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            h.update(&salt.to_le_bytes());
+            h.update(&key);
+            prop_assert_eq!(bucket(salt, &key), (h.digest() % 1_000_000) as u32);
+        }
+    }
+
+    #[test]
+    fn user_share_matches_weight_within_binomial_bounds() {
+        let salt = salt_for("app", 1);
+        let n = 100_000u32;
+        for percent in [0.1, 1.0, 10.0, 50.0] {
+            let ppm = (percent * 10_000.0) as u32;
+            let canary = (0..n)
+                .filter(|_| {
+                    let key = format!("{:032x}", fastrand::u128(..));
+                    sticky(ppm, salt, key.as_bytes()) == Variant::Canary
+                })
+                .count() as f64;
+            let p = percent / 100.0;
+            let (mean, sd) = (f64::from(n) * p, (f64::from(n) * p * (1.0 - p)).sqrt());
+            assert!(
+                (canary - mean).abs() <= 3.29 * sd,
+                "{percent} %: {canary} of {n}, expected {mean} ± {}",
+                3.29 * sd
+            );
+        }
+    }
+
+    #[test]
+    fn hash_is_pinned() {
+        // The documented hash must never change: replicas and restarts rely on it.
+        assert_eq!(salt_for("app", 1), xxhash_rust::xxh3::xxh3_64(b"app:1"));
+        let salt: u64 = 0x0123_4567_89ab_cdef;
+        let mut input = salt.to_le_bytes().to_vec();
+        input.extend_from_slice(b"user-42");
+        assert_eq!(
+            bucket(salt, b"user-42"),
+            (xxhash_rust::xxh3::xxh3_64(&input) % 1_000_000) as u32
+        );
+        assert_eq!(bucket(salt, b"user-42"), PINNED_BUCKET);
+    }
+
+    /// `bucket(0x0123456789abcdef, "user-42")`, cross-checked with Python's `xxhash` package
+    /// (`xxh3_64_intdigest(pack('<Q', salt) + b'user-42') % 1_000_000`); a change here breaks
+    /// stickiness across versions.
+    const PINNED_BUCKET: u32 = 313_893;
 
     #[test]
     fn ppm_arithmetic_at_one_ten_thousandth_of_a_percent() {

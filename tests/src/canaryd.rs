@@ -45,6 +45,20 @@ impl Canaryd {
     /// The config should listen on `127.0.0.1:0` for both listeners (see [`Canaryd::config`]).
     pub fn start(yaml: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(yaml, dir)
+    }
+
+    /// Like [`Canaryd::start`] in a given directory (to restart on the same state file).
+    /// Unless the config names one, the state file is `state.json` in that directory.
+    pub fn start_in(yaml: &str, dir: tempfile::TempDir) -> Self {
+        let yaml = if yaml.contains("\nstate:") || yaml.starts_with("state:") {
+            yaml.to_string()
+        } else {
+            format!(
+                "state: {{ path: \"{}\" }}\n{yaml}",
+                dir.path().join("state.json").display()
+            )
+        };
         std::fs::write(dir.path().join("canaryd.yaml"), yaml).unwrap();
         let mut cmd = Command::new(binary());
         cmd.arg("--log-format")
@@ -132,8 +146,25 @@ impl Canaryd {
         self.dir.path().join("canaryd.yaml")
     }
 
+    /// Stops the process (SIGKILL) and hands back its directory, to restart on the same state.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+
     /// Replaces the config file atomically (write + rename), as a ConfigMap update does.
+    /// The state file line is kept as [`Canaryd::start_in`] added it.
     pub fn write_config(&self, yaml: &str) {
+        let yaml = &if yaml.contains("\nstate:") || yaml.starts_with("state:") {
+            yaml.to_string()
+        } else {
+            format!(
+                "state: {{ path: \"{}\" }}\n{yaml}",
+                self.dir.path().join("state.json").display()
+            )
+        };
         let tmp = self.dir.path().join("canaryd.yaml.tmp");
         std::fs::write(&tmp, yaml).unwrap();
         std::fs::rename(&tmp, self.config_path()).unwrap();
