@@ -43,8 +43,10 @@ pub struct State {
 /// Admin listener settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admin {
-    /// Address of `/healthz` and `/readyz`; never the public port.
+    /// Address of the control API, `/metrics`, `/healthz` and `/readyz`; never the public port.
     pub listen: SocketAddr,
+    /// Bearer tokens, `NAME ROLE TOKEN` per line; without it the API only runs on loopback.
+    pub tokens_file: Option<std::path::PathBuf>,
 }
 
 /// Timeouts, all non-zero.
@@ -94,6 +96,24 @@ pub struct Route {
     pub canary_only: bool,
     /// Also tell the client its variant in `x-canary-variant`.
     pub expose_variant: bool,
+    /// The rollout plan used when a rollout is started without its own.
+    pub rollout: RolloutPlan,
+}
+
+/// Steps and pace of a rollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutPlan {
+    /// Rising weights; the last one is usually 100.
+    pub steps: Vec<Weight>,
+    /// Time per step when steps advance by themselves; `None`: only by API call.
+    pub interval: Option<Duration>,
+}
+
+impl Default for RolloutPlan {
+    fn default() -> Self {
+        let steps = [10.0, 25.0, 50.0, 100.0].map(|p| Weight::from_percent(p).expect("valid default steps"));
+        Self { steps: steps.to_vec(), interval: None }
+    }
 }
 
 /// Sticky assignment of users to variants.

@@ -47,13 +47,12 @@ impl Default for RawListen {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawAdmin {
     pub listen: String,
+    pub tokens_file: Option<String>,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:9090".into(),
-        }
+        Self { listen: "127.0.0.1:9090".into(), tokens_file: None }
     }
 }
 
@@ -116,6 +115,20 @@ pub(crate) struct RawRoute {
     pub canary_only: bool,
     #[serde(default)]
     pub expose_variant: bool,
+    #[serde(default)]
+    pub rollout: Option<RawRollout>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRollout {
+    #[serde(default = "default_steps")]
+    pub steps: Vec<f64>,
+    pub interval: Option<String>,
+}
+
+fn default_steps() -> Vec<f64> {
+    vec![10.0, 25.0, 50.0, 100.0]
 }
 
 #[derive(Debug, Deserialize)]

@@ -108,6 +108,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             .as_ref()
             .and_then(|a| affinity(&mut errs, &format!("{at}.affinity"), a));
         let overrides = overrides(&mut errs, &format!("{at}.override"), &r.overrides);
+        let rollout = r.rollout.as_ref().map_or_else(RolloutPlan::default, |p| rollout_plan(&mut errs, &format!("{at}.rollout"), p));
         routes.push(Route {
             name: r.name,
             hosts,
@@ -119,6 +120,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             overrides,
             canary_only: r.canary_only,
             expose_variant: r.expose_variant,
+            rollout,
         });
     }
 
@@ -152,6 +154,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         },
         admin: Admin {
             listen: admin.expect("checked above"),
+            tokens_file: raw.admin.tokens_file.map(std::path::PathBuf::from),
         },
         timeouts,
         passive_health,
@@ -217,6 +220,25 @@ fn affinity(errs: &mut Errors, at: &str, raw: &RawAffinity) -> Option<Affinity> 
         key,
         cookie_max_age: max_age,
     })
+}
+
+fn rollout_plan(errs: &mut Errors, at: &str, raw: &RawRollout) -> RolloutPlan {
+    let mut steps = Vec::with_capacity(raw.steps.len());
+    for (i, p) in raw.steps.iter().enumerate() {
+        match Weight::from_percent(*p) {
+            Ok(w) if w == Weight::ZERO => errs.push(format!("{at}.steps[{i}]"), "a step of 0 sends nothing to the canary"),
+            Ok(w) if steps.last().is_some_and(|last| *last >= w) => {
+                errs.push(format!("{at}.steps[{i}]"), format!("{p} does not rise above the step before it"))
+            }
+            Ok(w) => steps.push(w),
+            Err(e) => errs.push(format!("{at}.steps[{i}]"), e.to_string()),
+        }
+    }
+    if raw.steps.is_empty() {
+        errs.push(format!("{at}.steps"), "needs at least one step, e.g. [10, 25, 50, 100]");
+    }
+    let interval = raw.interval.as_ref().map(|t| duration(errs, &format!("{at}.interval"), t));
+    RolloutPlan { steps, interval }
 }
 
 fn overrides(errs: &mut Errors, at: &str, raw: &RawOverride) -> Overrides {

@@ -1,4 +1,5 @@
-//! The admin listener's endpoints: `/healthz`, `/readyz`, `/metrics`. Never on the public port.
+//! The admin listener: the control API under `/api/v1`, `/metrics`, `/healthz`, `/readyz`.
+//! Never on the public port.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,17 +10,20 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use prometheus::{Encoder, Registry, TextEncoder};
 
+use crate::api::Api;
+
 /// State the admin endpoints read.
 #[derive(Clone)]
 pub struct Admin {
     registry: Registry,
     ready: Arc<AtomicBool>,
+    api: Api,
 }
 
 impl Admin {
-    /// Admin endpoints over `registry`; `/readyz` follows `ready`.
-    pub fn new(registry: Registry, ready: Arc<AtomicBool>) -> Self {
-        Self { registry, ready }
+    /// Admin endpoints over `registry` and `api`; `/readyz` follows `ready`.
+    pub fn new(registry: Registry, ready: Arc<AtomicBool>, api: Api) -> Self {
+        Self { registry, ready, api }
     }
 
     /// The service for one admin connection.
@@ -34,12 +38,15 @@ impl Admin {
            + 'static {
         let admin = self.clone();
         hyper::service::service_fn(move |req| {
-            let resp = admin.handle(&req);
-            async move { Ok(resp) }
+            let admin = admin.clone();
+            async move { Ok(admin.handle(req).await) }
         })
     }
 
-    fn handle<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+    async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        if req.uri().path().starts_with("/api/") {
+            return self.api.handle(req).await;
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served here\n");
         }
@@ -48,7 +55,7 @@ impl Admin {
             "/readyz" if self.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n"),
             "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
             "/metrics" => self.metrics(),
-            _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz or /metrics\n"),
+            _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz, /metrics or /api/v1/routes\n"),
         }
     }
 
@@ -60,10 +67,7 @@ impl Admin {
             return text(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed\n");
         }
         let mut resp = Response::new(Full::new(Bytes::from(buf)));
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("text/plain; version=0.0.4"),
-        );
+        resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4"));
         resp
     }
 }
@@ -71,9 +75,6 @@ impl Admin {
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }

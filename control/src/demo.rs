@@ -52,7 +52,7 @@ routes:
         opts.admin_listen
     );
     println!("Ctrl-C stops it.");
-    super::runtime::run(config, None).await
+    super::runtime::run(config, super::runtime::RunOptions::default()).await
 }
 
 /// A tiny backend answering `{"version":"vN"}` (and `ok` on `/healthz`) on a free loopback port.

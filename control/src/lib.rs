@@ -2,10 +2,15 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod api;
+pub mod auth;
 pub mod config_file;
+pub mod controller;
 pub mod demo;
 pub mod logging;
 pub mod metrics;
 pub mod reload;
+pub mod rollout;
 pub mod runtime;
 pub mod state;
+pub mod status;

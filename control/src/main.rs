@@ -27,6 +27,9 @@ enum Command {
         /// Path of the YAML config.
         #[arg(long, short)]
         config: PathBuf,
+        /// Start with empty live state when the state file is corrupt (weights come from the config).
+        #[arg(long)]
+        reset_state: bool,
     },
     /// Validate a config file and print every error with its path.
     Check {
@@ -53,9 +56,10 @@ fn main() -> ExitCode {
     logging::init(cli.log_format);
     let result = match cli.command {
         Command::Check { config } => return check(&config),
-        Command::Run { config } => tokio_main(async move {
+        Command::Run { config, reset_state } => tokio_main(async move {
             let loaded = config_file::load(&config)?;
-            runtime::run(loaded.config, Some((config, loaded.text))).await
+            let opts = runtime::RunOptions { file: Some((config, loaded.text)), reset_state };
+            runtime::run(loaded.config, opts).await
         }),
         Command::Demo {
             canary_percent,

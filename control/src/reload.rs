@@ -1,17 +1,18 @@
-//! Hot reload: on SIGHUP or a change of the file, parse → validate → build → swap.
-//! A bad file keeps the running table and says why.
+//! Hot reload: on SIGHUP or a change of the file, parse → validate → apply.
+//! A bad file keeps the running config and says why.
 
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use canary_config::Config;
-use canary_proxy::{ProxyMetrics, RoutingTable, TableHandle};
 use tokio::signal::unix::Signal;
 use tokio::sync::watch;
 
+use crate::auth::Tokens;
 use crate::config_file;
+use crate::controller::Controller;
 use crate::metrics::ControlMetrics;
-use crate::state::StateStore;
 
 /// How often the file is re-read to notice changes (ConfigMap updates swap a symlink, which inotify misses).
 const POLL: Duration = Duration::from_secs(1);
@@ -24,14 +25,12 @@ pub struct Reloader {
     pub current: Config,
     /// Text of the file last seen (applied or refused), to notice changes.
     pub last_text: String,
-    /// Where new tables go.
-    pub table: TableHandle,
-    /// For resolving the new table's metric children.
-    pub proxy_metrics: ProxyMetrics,
+    /// Applies new configs.
+    pub controller: Arc<Controller>,
+    /// The API's tokens, re-read with the config.
+    pub tokens: Arc<RwLock<Tokens>>,
     /// Reload counters.
     pub metrics: ControlMetrics,
-    /// Live route state (weights, sticky salts).
-    pub store: StateStore,
     /// SIGHUP, installed before the listeners announce themselves so an early signal
     /// cannot hit the default action (terminate).
     pub hangup: Signal,
@@ -78,21 +77,25 @@ impl Reloader {
     }
 
     fn apply(&mut self, config: Config) {
+        let tokens = match &config.admin.tokens_file {
+            Some(path) => match Tokens::load(path) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::error!(error = %e, "reload refused, the previous config keeps serving");
+                    self.metrics.reload(false);
+                    return;
+                }
+            },
+            None => None,
+        };
         for field in restart_only_changes(&self.current, &config) {
-            tracing::warn!(
-                field,
-                "changed in the config file; it takes effect only after a restart"
-            );
+            tracing::warn!(field, "changed in the config file; it takes effect only after a restart");
         }
-        if let Err(e) = self.store.apply(&config) {
-            // Serving the new config matters more; the next successful save catches up.
-            tracing::error!(error = %e, "route state not saved");
-        }
-        let previous = self.table.load_full();
-        let state = &self.store.state;
-        match RoutingTable::build(&config, |r| state.live(r), Some(&previous), &self.proxy_metrics) {
-            Ok(table) => {
-                self.table.store(table);
+        match self.controller.apply_config(config.clone()) {
+            Ok(()) => {
+                if let Some(t) = tokens {
+                    *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = t;
+                }
                 tracing::info!(routes = config.routes.len(), "config reloaded");
                 self.current = config;
                 self.metrics.reload(true);
@@ -111,21 +114,25 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.listen != new.listen {
         fields.push("listen");
     }
-    if old.admin != new.admin {
-        fields.push("admin");
+    if old.admin.listen != new.admin.listen {
+        fields.push("admin.listen");
+    }
+    if old.admin.tokens_file.is_some() && new.admin.tokens_file.is_none() {
+        fields.push("admin.tokens_file (removing it)");
+    }
+    if old.state != new.state {
+        fields.push("state.path");
     }
     let (a, b) = (&old.timeouts, &new.timeouts);
-    if a.connect != b.connect {
-        fields.push("timeouts.connect");
-    }
-    if a.upstream_idle != b.upstream_idle {
-        fields.push("timeouts.upstream_idle");
-    }
-    if a.idle != b.idle {
-        fields.push("timeouts.idle");
-    }
-    if a.drain != b.drain {
-        fields.push("timeouts.drain");
+    for (name, changed) in [
+        ("timeouts.connect", a.connect != b.connect),
+        ("timeouts.upstream_idle", a.upstream_idle != b.upstream_idle),
+        ("timeouts.idle", a.idle != b.idle),
+        ("timeouts.drain", a.drain != b.drain),
+    ] {
+        if changed {
+            fields.push(name);
+        }
     }
     fields
 }

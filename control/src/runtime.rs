@@ -1,28 +1,53 @@
-//! The serving process: build the first table, bind listeners, reload, drain on SIGTERM.
+//! The serving process: build the first table, bind listeners, reload, drive rollouts,
+//! drain on SIGTERM.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use anyhow::Context;
 use canary_config::Config;
-use canary_proxy::{serve, PoolOptions, Proxy, ProxyMetrics, RoutingTable, ServeOptions, TableHandle};
+use canary_proxy::{serve, PoolOptions, Proxy, ProxyMetrics, ServeOptions};
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::admin::Admin;
+use crate::api::Api;
+use crate::auth::Tokens;
+use crate::controller::Controller;
 use crate::metrics::ControlMetrics;
 use crate::reload::Reloader;
 use crate::state::StateStore;
 
-/// Serves `config` until SIGTERM or SIGINT; with `file` (its path and the text `config`
-/// came from), reloads it on SIGHUP and on change, and keeps live state in `state.path`.
-pub async fn run(config: Config, file: Option<(PathBuf, String)>) -> anyhow::Result<()> {
-    let mut store =
-        StateStore::open(file.as_ref().map(|_| config.state.path.clone())).context("loading state (state.path)")?;
-    store.apply(&config).context("saving state (state.path)")?;
+/// How the process was started.
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// The config file and the text `config` came from; reloaded on SIGHUP and on change.
+    /// Without it (the demo) nothing is reloaded and state lives in memory only.
+    pub file: Option<(PathBuf, String)>,
+    /// Start afresh when the state file is unreadable.
+    pub reset_state: bool,
+}
+
+/// Serves `config` until SIGTERM or SIGINT.
+pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
+    let tokens = match &config.admin.tokens_file {
+        Some(path) => Tokens::load(path)?,
+        None => Tokens::default(),
+    };
+    if tokens.is_empty() && !config.admin.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "admin.listen {} is not a loopback address and admin.tokens_file is not set: \
+             the control API would be open to anyone who reaches it",
+            config.admin.listen
+        );
+    }
+    let tokens = Arc::new(RwLock::new(tokens));
+    let store = StateStore::open(opts.file.as_ref().map(|_| config.state.path.clone()), opts.reset_state)?;
+
     let registry = Registry::new();
     let proxy_metrics = ProxyMetrics::register(&registry).context("registering proxy metrics")?;
     let control_metrics = ControlMetrics::register(&registry).context("registering control metrics")?;
@@ -30,63 +55,43 @@ pub async fn run(config: Config, file: Option<(PathBuf, String)>) -> anyhow::Res
         .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
         .context("registering process metrics")?;
 
-    let table = TableHandle::new(RoutingTable::build(
-        &config,
-        |r| store.state.live(r),
-        None,
-        &proxy_metrics,
-    )?);
-    let proxy = Proxy::new(
-        table.clone(),
-        proxy_metrics.clone(),
-        PoolOptions {
-            connect_timeout: config.timeouts.connect,
-            idle_timeout: config.timeouts.upstream_idle,
-        },
-    );
+    let pool = PoolOptions { connect_timeout: config.timeouts.connect, idle_timeout: config.timeouts.upstream_idle };
+    let serve_opts = ServeOptions { header_read_timeout: config.timeouts.idle, drain: config.timeouts.drain };
+    let (listen, admin_listen) = (config.listen.http, config.admin.listen);
+    let (controller, table) = Controller::new(config.clone(), store, proxy_metrics.clone())?;
+    let controller = Arc::new(controller);
+    let proxy = Proxy::new(table, proxy_metrics, pool);
 
     // Signal handlers go in before anyone can learn our addresses and signal us.
     let mut signals = Signals::install()?;
-    let public = TcpListener::bind(config.listen.http)
-        .await
-        .with_context(|| format!("cannot listen on listen.http {}", config.listen.http))?;
-    let admin_listener = TcpListener::bind(config.admin.listen)
-        .await
-        .with_context(|| format!("cannot listen on admin.listen {}", config.admin.listen))?;
+    let public = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on listen.http {listen}"))?;
+    let admin_listener =
+        TcpListener::bind(admin_listen).await.with_context(|| format!("cannot listen on admin.listen {admin_listen}"))?;
     tracing::info!(listener = "public", addr = %public.local_addr()?, "listening");
     tracing::info!(listener = "admin", addr = %admin_listener.local_addr()?, "listening");
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(true));
-    let serve_opts = ServeOptions {
-        header_read_timeout: config.timeouts.idle,
-        drain: config.timeouts.drain,
-    };
 
-    let admin = Admin::new(registry, ready.clone());
-    let admin_task = tokio::spawn(serve(
-        admin_listener,
-        move |_| admin.service(),
-        serve_opts,
-        stopped(admin_stop_rx),
-    ));
+    let admin = Admin::new(registry, ready.clone(), Api::new(controller.clone(), tokens.clone()));
+    let admin_task = tokio::spawn(serve(admin_listener, move |_| admin.service(), serve_opts, stopped(admin_stop_rx)));
     let proxy_task = tokio::spawn(serve(
         public,
         move |peer| proxy.connection_service(peer, false),
         serve_opts,
         stopped(stop_rx.clone()),
     ));
-    let reload_task = file.map(|(path, text)| {
+    let timer_task = tokio::spawn(drive_timed_rollouts(controller.clone(), stop_rx.clone()));
+    let reload_task = opts.file.map(|(path, text)| {
         let reloader = Reloader {
             hangup: signals.hangup.take().expect("SIGHUP stream taken once"),
             path,
             current: config,
             last_text: text,
-            table,
-            proxy_metrics,
+            controller,
+            tokens,
             metrics: control_metrics,
-            store,
         };
         tokio::spawn(reloader.run(stop_rx))
     });
@@ -97,6 +102,7 @@ pub async fn run(config: Config, file: Option<(PathBuf, String)>) -> anyhow::Res
     ready.store(false, Ordering::Relaxed);
     stop_tx.send_replace(true);
     proxy_task.await.context("proxy listener task")?;
+    timer_task.await.context("rollout timer task")?;
     if let Some(t) = reload_task {
         t.await.context("reload task")?;
     }
@@ -104,6 +110,18 @@ pub async fn run(config: Config, file: Option<(PathBuf, String)>) -> anyhow::Res
     admin_task.await.context("admin listener task")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every second, lets timed rollouts advance.
+async fn drive_timed_rollouts(controller: Arc<Controller>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => controller.tick(|_| true),
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// Resolves once the watched flag turns true.

@@ -1,11 +1,12 @@
-//! Live per-route state that must outlive the process in standalone mode: the weight last
-//! applied and the rollout generation behind the sticky salt.
+//! Live per-route state that outlives the process in standalone mode — weight, rollout,
+//! sticky-salt generation, revision — plus the recent audit trail.
 //!
-//! A new rollout — the weight rising from 0 — bumps the generation, so a new set of users
-//! goes first; everything else keeps it, so users keep their variant across reloads and
-//! restarts. Saved atomically: write a temp file, fsync, rename, fsync the directory.
+//! The config file's `weight` is applied when it *changes in the file* (an operator's edit);
+//! otherwise the live weight set through the API stands, across reloads and restarts.
+//! A weight rising from 0 starts a new salt generation (a new set of users goes first).
+//! Saved atomically: write a temp file, fsync, rename, fsync the directory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -13,26 +14,90 @@ use canary_config::{Config, Weight};
 use canary_proxy::{split, LiveRoute};
 use serde::{Deserialize, Serialize};
 
+use crate::rollout::Rollout;
+
 /// Format version of the state file.
 const VERSION: u32 = 1;
+/// Audit entries kept in the state file (older ones remain in the log).
+pub const AUDIT_KEPT: usize = 1_000;
 
 /// One route's live state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteState {
-    /// The canary weight in parts per million.
+    /// The canary weight served, parts per million.
     pub weight_ppm: u32,
+    /// The config file's weight when last applied, to notice edits.
+    pub config_weight_ppm: u32,
     /// Rollout number; the sticky salt is derived from it.
     pub generation: u64,
+    /// Bumped on every change; the API's `If-Match`.
+    pub revision: u64,
+    /// The rollout state machine.
+    pub rollout: Rollout,
+    /// Why the last change was made.
+    pub last_reason: Option<String>,
 }
 
-/// Every route's live state, as saved on disk.
+impl RouteState {
+    fn new(weight: Weight) -> Self {
+        let mut s = Self {
+            weight_ppm: 0,
+            config_weight_ppm: weight.ppm(),
+            generation: 0,
+            revision: 1,
+            rollout: Rollout::default(),
+            last_reason: None,
+        };
+        s.set_weight(weight);
+        s
+    }
+
+    /// Serves `weight` from now on; rising from 0 starts a new salt generation.
+    pub fn set_weight(&mut self, weight: Weight) {
+        if self.weight_ppm == 0 && weight.ppm() > 0 {
+            self.generation += 1;
+        }
+        self.weight_ppm = weight.ppm();
+    }
+
+    /// The weight served.
+    pub fn weight(&self) -> Weight {
+        Weight::from_ppm(self.weight_ppm)
+    }
+}
+
+/// One audited change (or refused attempt).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEntry {
+    /// RFC 3339 time.
+    pub time: String,
+    /// Who: the token's name (never the token), `config-file`, `analysis` or `anonymous`.
+    pub actor: String,
+    /// The route, when the action was about one.
+    pub route: Option<String>,
+    /// What was asked: `weight`, `rollout`, `step`, `pause`, `resume`, `promote`, `abort`, `config`.
+    pub action: String,
+    /// Weight and phase before, e.g. `10 % Progressing`.
+    pub from: Option<String>,
+    /// Weight and phase after.
+    pub to: Option<String>,
+    /// The reason given.
+    pub reason: Option<String>,
+    /// `applied`, or why it was refused (`401 ...`, `409 ...`).
+    pub outcome: String,
+}
+
+/// Every route's live state and the recent audit trail, as saved on disk.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct State {
     version: u32,
     /// By route name.
     pub routes: BTreeMap<String, RouteState>,
+    /// Newest last.
+    pub audit: VecDeque<AuditEntry>,
 }
 
 /// Why state could not be loaded or saved.
@@ -47,7 +112,7 @@ pub enum StateError {
         source: std::io::Error,
     },
     /// The file is not a state file this version understands.
-    #[error("state file {path} is corrupt or of another version: {source}")]
+    #[error("state file {path} is corrupt or of another version ({source}); fix or remove it, or start with --reset-state")]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -57,65 +122,86 @@ pub enum StateError {
 }
 
 impl State {
-    /// Brings the state in line with `config`: new routes start at generation 1 when they
-    /// carry traffic, a weight rising from 0 starts a new generation, removed routes go.
-    /// Returns true when anything changed.
-    pub fn reconcile(&mut self, config: &Config) -> bool {
-        let before = self.clone();
+    /// Brings the state in line with `config`: new routes start at the file's weight, a
+    /// weight edited in the file is applied, routes no longer in the file go.
+    /// Returns the audit entries of what the file changed.
+    pub fn reconcile(&mut self, config: &Config) -> Vec<AuditEntry> {
         self.version = VERSION;
-        self.routes
-            .retain(|name, _| config.routes.iter().any(|r| &r.name == name));
+        self.routes.retain(|name, _| config.routes.iter().any(|r| &r.name == name));
+        let mut changes = Vec::new();
         for route in &config.routes {
-            let weight = route.weight.ppm();
-            let entry = self.routes.entry(route.name.clone()).or_insert(RouteState {
-                weight_ppm: 0,
-                generation: 0,
-            });
-            if entry.weight_ppm == 0 && weight > 0 {
-                entry.generation += 1;
+            let file_weight = route.weight;
+            match self.routes.get_mut(&route.name) {
+                None => {
+                    self.routes.insert(route.name.clone(), RouteState::new(file_weight));
+                }
+                Some(s) if s.config_weight_ppm != file_weight.ppm() => {
+                    let from = describe(s);
+                    s.config_weight_ppm = file_weight.ppm();
+                    // Same rules as a manual weight: a progressing rollout pauses.
+                    let _ = s.rollout.apply(crate::rollout::Event::SetWeight(file_weight), now_ms());
+                    s.set_weight(file_weight);
+                    s.revision += 1;
+                    s.last_reason = Some("weight edited in the config file".into());
+                    changes.push(AuditEntry {
+                        time: now_rfc3339(),
+                        actor: "config-file".into(),
+                        route: Some(route.name.clone()),
+                        action: "config".into(),
+                        from: Some(from),
+                        to: Some(describe(s)),
+                        reason: s.last_reason.clone(),
+                        outcome: "applied".into(),
+                    });
+                }
+                Some(_) => {}
             }
-            entry.weight_ppm = weight;
         }
-        *self != before
+        changes
     }
 
-    /// The live weight and salt of a route (generation 0 when unknown).
+    /// Appends an audit entry, keeping the newest [`AUDIT_KEPT`].
+    pub fn record(&mut self, entry: AuditEntry) {
+        tracing::info!(
+            target: "canaryd::audit",
+            actor = %entry.actor,
+            route = entry.route.as_deref().unwrap_or(""),
+            action = %entry.action,
+            from = entry.from.as_deref().unwrap_or(""),
+            to = entry.to.as_deref().unwrap_or(""),
+            reason = entry.reason.as_deref().unwrap_or(""),
+            outcome = %entry.outcome,
+            "audit"
+        );
+        self.audit.push_back(entry);
+        while self.audit.len() > AUDIT_KEPT {
+            self.audit.pop_front();
+        }
+    }
+
+    /// The live weight and salt of a route (the file's weight, generation 0, when unknown).
     pub fn live(&self, route: &canary_config::Route) -> LiveRoute {
-        let state = self.routes.get(&route.name);
-        LiveRoute {
-            weight: state.map_or(route.weight, |s| Weight::from_ppm(s.weight_ppm)),
-            salt: split::salt_for(&route.name, state.map_or(0, |s| s.generation)),
+        match self.routes.get(&route.name) {
+            Some(s) => LiveRoute { weight: s.weight(), salt: split::salt_for(&route.name, s.generation) },
+            None => LiveRoute::from_config(route),
         }
     }
 
     /// Reads the state file; a missing file is an empty state.
     pub fn load(path: &Path) -> Result<Self, StateError> {
         match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
-                path: path.into(),
-                source,
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State {
-                version: VERSION,
-                ..State::default()
-            }),
-            Err(source) => Err(StateError::Io {
-                path: path.into(),
-                source,
-            }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt { path: path.into(), source })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State { version: VERSION, ..State::default() }),
+            Err(source) => Err(StateError::Io { path: path.into(), source }),
         }
     }
 
     /// Writes the state file atomically and durably.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
-        let io = |source| StateError::Io {
-            path: path.into(),
-            source,
-        };
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let io = |source| StateError::Io { path: path.into(), source };
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(io)?;
         let tmp = path.with_extension("json.tmp");
         let mut file = std::fs::File::create(&tmp).map_err(io)?;
@@ -126,6 +212,54 @@ impl State {
         std::fs::rename(&tmp, path).map_err(io)?;
         std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
         Ok(())
+    }
+}
+
+/// `25 % Progressing` — a route's weight and phase for the audit trail.
+pub fn describe(s: &RouteState) -> String {
+    format!("{} % {}", s.weight(), s.rollout.phase.as_str())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Now as RFC 3339 with milliseconds.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// The state and where it is kept (`None`: in memory only, as in the demo).
+#[derive(Debug)]
+pub struct StateStore {
+    /// Current state.
+    pub state: State,
+    path: Option<PathBuf>,
+}
+
+impl StateStore {
+    /// Loads the state at `path` (or starts empty in memory); `reset` ignores a corrupt file.
+    pub fn open(path: Option<PathBuf>, reset: bool) -> Result<Self, StateError> {
+        let state = match &path {
+            Some(p) => match State::load(p) {
+                Err(StateError::Corrupt { .. }) if reset => {
+                    tracing::warn!(path = %p.display(), "state file unreadable, starting afresh (--reset-state)");
+                    State::default()
+                }
+                other => other?,
+            },
+            None => State::default(),
+        };
+        Ok(Self { state, path })
+    }
+
+    /// Writes the state (no-op in memory).
+    pub fn save(&self) -> Result<(), StateError> {
+        match &self.path {
+            Some(path) => self.state.save(path),
+            None => Ok(()),
+        }
     }
 }
 
@@ -141,24 +275,25 @@ mod tests {
     }
 
     #[test]
-    fn a_new_rollout_gets_a_new_generation_and_steps_keep_it() {
+    fn file_edits_apply_and_rising_from_zero_is_a_new_generation() {
         let mut s = State::default();
-        assert!(s.reconcile(&config("10")));
-        assert_eq!(
-            s.routes["app"],
-            RouteState {
-                weight_ppm: 100_000,
-                generation: 1
-            }
-        );
-        s.reconcile(&config("25"));
+        assert!(s.reconcile(&config("10")).is_empty(), "a new route is not an edit");
+        assert_eq!((s.routes["app"].weight_ppm, s.routes["app"].generation), (100_000, 1));
+        assert_eq!(s.reconcile(&config("25")).len(), 1);
         s.reconcile(&config("50"));
         assert_eq!(s.routes["app"].generation, 1, "stepping up keeps the salt");
         s.reconcile(&config("0"));
-        assert_eq!(s.routes["app"].generation, 1);
         s.reconcile(&config("10"));
         assert_eq!(s.routes["app"].generation, 2, "rising from 0 is a new rollout");
-        assert!(!s.reconcile(&config("10")), "no change, nothing to save");
+    }
+
+    #[test]
+    fn an_unchanged_file_keeps_the_api_weight() {
+        let mut s = State::default();
+        s.reconcile(&config("10"));
+        s.routes.get_mut("app").unwrap().set_weight(Weight::from_ppm(400_000));
+        assert!(s.reconcile(&config("10")).is_empty());
+        assert_eq!(s.routes["app"].weight_ppm, 400_000);
     }
 
     #[test]
@@ -172,6 +307,8 @@ mod tests {
         std::fs::write(&path, "{not json").unwrap();
         let err = State::load(&path).unwrap_err().to_string();
         assert!(err.contains("state.json") && err.contains("corrupt"), "{err}");
+        assert!(StateStore::open(Some(path.clone()), false).is_err());
+        assert!(StateStore::open(Some(path), true).unwrap().state.routes.is_empty());
     }
 
     #[test]
@@ -181,36 +318,7 @@ mod tests {
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(
             json,
-            r#"{"version":1,"routes":{"app":{"weight_ppm":125000,"generation":1}}}"#
+            r#"{"version":1,"routes":{"app":{"weight_ppm":125000,"config_weight_ppm":125000,"generation":1,"revision":1,"rollout":{"phase":"Idle","steps_ppm":[],"step":null,"interval_ms":null,"step_started_ms":0},"last_reason":null}},"audit":[]}"#
         );
-    }
-}
-
-/// The state and where it is kept (`None`: in memory only, as in the demo).
-#[derive(Debug)]
-pub struct StateStore {
-    /// Current state.
-    pub state: State,
-    path: Option<PathBuf>,
-}
-
-impl StateStore {
-    /// Loads the state at `path` (or starts empty in memory).
-    pub fn open(path: Option<PathBuf>) -> Result<Self, StateError> {
-        let state = match &path {
-            Some(p) => State::load(p)?,
-            None => State::default(),
-        };
-        Ok(Self { state, path })
-    }
-
-    /// Reconciles with `config` and saves when something changed.
-    pub fn apply(&mut self, config: &Config) -> Result<(), StateError> {
-        if self.state.reconcile(config) {
-            if let Some(path) = &self.path {
-                self.state.save(path)?;
-            }
-        }
-        Ok(())
     }
 }

@@ -20,7 +20,7 @@ pub mod split;
 pub use endpoint::Endpoint;
 pub use forward::{PoolOptions, Proxy, ProxyBody, UpstreamClient};
 pub use headers::ClientInfo;
-pub use metrics::ProxyMetrics;
+pub use metrics::{ProxyMetrics, VariantCounts};
 pub use route::Route;
 pub use routing_table::{BuildError, LiveRoute, RoutingTable, Settings, TableHandle};
 pub use server::{serve, ServeOptions};

@@ -71,6 +71,20 @@ impl ProxyMetrics {
         })
     }
 
+    /// Totals of one route and variant since start (control plane reads; not for the hot path).
+    pub fn variant_counts(&self, route: &str, variant: Variant) -> VariantCounts {
+        let v = variant.as_str();
+        let class = |c: &str| self.requests.with_label_values(&[route, v, c]).get();
+        VariantCounts {
+            requests: CODE_CLASSES.iter().map(|c| class(c)).sum(),
+            server_errors: class("5xx"),
+            upstream_errors: UpstreamErrorReason::ALL
+                .iter()
+                .map(|r| self.upstream_errors.with_label_values(&[route, v, r]).get())
+                .sum(),
+        }
+    }
+
     pub(crate) fn no_route(&self) {
         self.no_route.inc();
     }
@@ -87,6 +101,17 @@ impl ProxyMetrics {
             variants: [variant(Variant::Stable), variant(Variant::Canary)],
         }
     }
+}
+
+/// Request totals of one route and variant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VariantCounts {
+    /// Responses sent.
+    pub requests: u64,
+    /// Of which 5xx (including the proxy's own 502/503/504).
+    pub server_errors: u64,
+    /// Requests that got no upstream response.
+    pub upstream_errors: u64,
 }
 
 /// Pre-resolved counters of one route.

@@ -1,0 +1,92 @@
+//! The JSON shapes of the control API.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::rollout::Phase;
+
+/// A route's live state and traffic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RouteStatus {
+    /// Route name.
+    pub name: String,
+    /// Percent of requests (or users) sent to the canary.
+    pub weight: f64,
+    /// Rollout phase.
+    pub phase: Phase,
+    /// Index of the current step while a rollout is Progressing or Paused.
+    pub step: Option<usize>,
+    /// The rollout's step weights in percent.
+    pub steps: Vec<f64>,
+    /// Seconds per step of a timed rollout.
+    pub interval_seconds: Option<f64>,
+    /// The sticky salt of the current rollout generation (hex).
+    pub salt_id: String,
+    /// Rollout generation (rises each time the weight rises from 0).
+    pub generation: u64,
+    /// Revision for `If-Match`.
+    pub revision: u64,
+    /// The reason given with the last change.
+    pub last_reason: Option<String>,
+    /// Stable variant.
+    pub stable: VariantStatus,
+    /// Canary variant.
+    pub canary: VariantStatus,
+}
+
+/// One variant's endpoints and request totals since the process started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VariantStatus {
+    /// Configured endpoints.
+    pub endpoints: usize,
+    /// Responses sent.
+    pub requests: u64,
+    /// Of which 5xx.
+    pub server_errors: u64,
+    /// Requests that got no upstream response.
+    pub upstream_errors: u64,
+}
+
+/// `PUT /api/v1/routes/{route}/weight`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WeightRequest {
+    /// Percent to the canary, 0 to 100 with at most four decimals.
+    pub percent: f64,
+    /// Why (kept in the audit trail).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `POST /api/v1/routes/{route}/rollout`; absent fields come from the route's `rollout` config.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutRequest {
+    /// Rising step weights in percent, e.g. `[10, 25, 50, 100]`.
+    #[serde(default)]
+    pub steps: Option<Vec<f64>>,
+    /// Time per step for a timed rollout, e.g. `5m`.
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// Why.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Body of `step`, `pause`, `resume`, `promote` and `abort` (all optional).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActionRequest {
+    /// Why (kept in the audit trail).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Every error of the API.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiErrorBody {
+    /// What went wrong.
+    pub error: String,
+    /// The request field at fault, when one is.
+    pub field: Option<String>,
+}
