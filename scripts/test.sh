@@ -17,6 +17,11 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
+# Python packages the tests call (the OpenAPI document is validated by a third party).
+if ! python3 -c "import openapi_spec_validator" 2>/dev/null; then
+  python3 -m pip install -q openapi-spec-validator
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

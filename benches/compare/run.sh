@@ -18,7 +18,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 PY=python3
 
 usage() {
-  sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   cat <<EOF
 Options:
   --smoke        3 short rounds, 500 idle connections, 20,000 split requests; oha is used

@@ -112,7 +112,10 @@ pub struct RolloutPlan {
 impl Default for RolloutPlan {
     fn default() -> Self {
         let steps = [10.0, 25.0, 50.0, 100.0].map(|p| Weight::from_percent(p).expect("valid default steps"));
-        Self { steps: steps.to_vec(), interval: None }
+        Self {
+            steps: steps.to_vec(),
+            interval: None,
+        }
     }
 }
 

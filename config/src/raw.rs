@@ -52,7 +52,10 @@ pub(crate) struct RawAdmin {
 
 impl Default for RawAdmin {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9090".into(), tokens_file: None }
+        Self {
+            listen: "127.0.0.1:9090".into(),
+            tokens_file: None,
+        }
     }
 }
 

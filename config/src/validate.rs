@@ -108,7 +108,9 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             .as_ref()
             .and_then(|a| affinity(&mut errs, &format!("{at}.affinity"), a));
         let overrides = overrides(&mut errs, &format!("{at}.override"), &r.overrides);
-        let rollout = r.rollout.as_ref().map_or_else(RolloutPlan::default, |p| rollout_plan(&mut errs, &format!("{at}.rollout"), p));
+        let rollout = r.rollout.as_ref().map_or_else(RolloutPlan::default, |p| {
+            rollout_plan(&mut errs, &format!("{at}.rollout"), p)
+        });
         routes.push(Route {
             name: r.name,
             hosts,
@@ -226,10 +228,13 @@ fn rollout_plan(errs: &mut Errors, at: &str, raw: &RawRollout) -> RolloutPlan {
     let mut steps = Vec::with_capacity(raw.steps.len());
     for (i, p) in raw.steps.iter().enumerate() {
         match Weight::from_percent(*p) {
-            Ok(w) if w == Weight::ZERO => errs.push(format!("{at}.steps[{i}]"), "a step of 0 sends nothing to the canary"),
-            Ok(w) if steps.last().is_some_and(|last| *last >= w) => {
-                errs.push(format!("{at}.steps[{i}]"), format!("{p} does not rise above the step before it"))
+            Ok(w) if w == Weight::ZERO => {
+                errs.push(format!("{at}.steps[{i}]"), "a step of 0 sends nothing to the canary")
             }
+            Ok(w) if steps.last().is_some_and(|last| *last >= w) => errs.push(
+                format!("{at}.steps[{i}]"),
+                format!("{p} does not rise above the step before it"),
+            ),
             Ok(w) => steps.push(w),
             Err(e) => errs.push(format!("{at}.steps[{i}]"), e.to_string()),
         }
@@ -237,7 +242,10 @@ fn rollout_plan(errs: &mut Errors, at: &str, raw: &RawRollout) -> RolloutPlan {
     if raw.steps.is_empty() {
         errs.push(format!("{at}.steps"), "needs at least one step, e.g. [10, 25, 50, 100]");
     }
-    let interval = raw.interval.as_ref().map(|t| duration(errs, &format!("{at}.interval"), t));
+    let interval = raw
+        .interval
+        .as_ref()
+        .map(|t| duration(errs, &format!("{at}.interval"), t));
     RolloutPlan { steps, interval }
 }
 

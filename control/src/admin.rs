@@ -55,7 +55,10 @@ impl Admin {
             "/readyz" if self.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n"),
             "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
             "/metrics" => self.metrics(),
-            _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz, /metrics or /api/v1/routes\n"),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /healthz, /readyz, /metrics or /api/v1/routes\n",
+            ),
         }
     }
 
@@ -67,7 +70,10 @@ impl Admin {
             return text(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed\n");
         }
         let mut resp = Response::new(Full::new(Bytes::from(buf)));
-        resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
         resp
     }
 }
@@ -75,6 +81,9 @@ impl Admin {
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }

@@ -95,7 +95,13 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, error: impl Into<String>, field: Option<&str>) -> Self {
-        Self { status, body: ApiErrorBody { error: error.into(), field: field.map(str::to_string) } }
+        Self {
+            status,
+            body: ApiErrorBody {
+                error: error.into(),
+                field: field.map(str::to_string),
+            },
+        }
     }
 }
 
@@ -152,14 +158,22 @@ impl Api {
         let (endpoint, route) = route_request(req.method(), &path)?;
         let writes = req.method() != Method::GET && req.method() != Method::HEAD;
         let authorization = req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
-        let checked = self.tokens.read().unwrap_or_else(|e| e.into_inner()).check(authorization, writes);
+        let checked = self
+            .tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .check(authorization, writes);
         let actor = match checked {
             Ok(actor) => actor,
             Err(denied) => return Err(self.refuse(denied, req.method(), &path, route.as_deref())),
         };
         let if_match = if_match(req.headers())?;
         let route = route.unwrap_or_default();
-        let call = Call { route: &route, actor, if_match };
+        let call = Call {
+            route: &route,
+            actor,
+            if_match,
+        };
         let body = read_body(req.into_body()).await?;
         let c = &self.controller;
         match endpoint {
@@ -225,25 +239,43 @@ fn route_request(method: &Method, path: &str) -> Result<(Endpoint, Option<String
         }
     }
     if path_matched {
-        Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}"), None))
+        Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not allowed on {path}"),
+            None,
+        ))
     } else {
-        Err(ApiError::new(StatusCode::NOT_FOUND, format!("no endpoint {path}; see /api/v1/openapi.json"), None))
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no endpoint {path}; see /api/v1/openapi.json"),
+            None,
+        ))
     }
 }
 
 fn if_match(headers: &http::HeaderMap) -> Result<Option<u64>, ApiError> {
-    let Some(v) = headers.get(header::IF_MATCH) else { return Ok(None) };
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
     let text = v.to_str().unwrap_or("").trim();
     let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
     text.parse().map(Some).map_err(|_| {
-        ApiError::new(StatusCode::BAD_REQUEST, "If-Match must be a route revision such as \"7\"", Some("If-Match"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "If-Match must be a route revision such as \"7\"",
+            Some("If-Match"),
+        )
     })
 }
 
 async fn read_body(body: hyper::body::Incoming) -> Result<Bytes, ApiError> {
     match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => Ok(b.to_bytes()),
-        Err(_) => Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 64 KiB or broken", None)),
+        Err(_) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body larger than 64 KiB or broken",
+            None,
+        )),
     }
 }
 
@@ -260,7 +292,11 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
             _ if path != "." => Some(path),
             _ => None,
         };
-        ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {inner}"), field.as_deref())
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid JSON body: {inner}"),
+            field.as_deref(),
+        )
     })
 }
 
@@ -280,8 +316,10 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec(value).expect("API types serialise");
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
@@ -308,7 +346,8 @@ fn list_routes(c: &Controller) -> Vec<RouteStatus> {
     responses((status = 200, body = RouteStatus, headers(("ETag" = String, description = "The revision, for If-Match"))),
               (status = 404, body = ApiErrorBody)))]
 fn get_route(c: &Controller, call: &Call) -> Result<RouteStatus, ApiError> {
-    c.status(call.route).ok_or_else(|| CommandError::UnknownRoute(call.route.into()).into())
+    c.status(call.route)
+        .ok_or_else(|| CommandError::UnknownRoute(call.route.into()).into())
 }
 
 /// Set the canary weight (a manual step); a progressing rollout pauses.
@@ -328,7 +367,11 @@ fn set_weight(c: &Controller, call: &Call, body: WeightRequest) -> Result<RouteS
 fn start_rollout(c: &Controller, call: &Call, body: RolloutRequest) -> Result<RouteStatus, ApiError> {
     let steps = match body.steps {
         Some(steps) => Some(
-            steps.iter().enumerate().map(|(i, p)| percent(*p, &format!("steps[{i}]"))).collect::<Result<Vec<_>, _>>()?,
+            steps
+                .iter()
+                .enumerate()
+                .map(|(i, p)| percent(*p, &format!("steps[{i}]")))
+                .collect::<Result<Vec<_>, _>>()?,
         ),
         None => None,
     };
@@ -342,7 +385,11 @@ fn start_rollout(c: &Controller, call: &Call, body: RolloutRequest) -> Result<Ro
 fn parse_interval(text: &str) -> Result<Duration, ApiError> {
     match humantime::parse_duration(text) {
         Ok(d) if !d.is_zero() => Ok(d),
-        _ => Err(ApiError::new(StatusCode::BAD_REQUEST, format!("{text:?} is not a duration like 30s or 5m"), Some("interval"))),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{text:?} is not a duration like 30s or 5m"),
+            Some("interval"),
+        )),
     }
 }
 
@@ -394,18 +441,29 @@ struct AuditQuery {
 
 impl AuditQuery {
     fn parse(query: &str) -> Result<Self, ApiError> {
-        let mut q = AuditQuery { route: None, limit: 100 };
+        let mut q = AuditQuery {
+            route: None,
+            limit: 100,
+        };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             match k {
                 "route" => q.route = Some(v.to_string()),
                 "limit" => {
-                    q.limit = v.parse().ok().filter(|n| (1..=crate::state::AUDIT_KEPT).contains(n)).ok_or_else(|| {
-                        ApiError::new(StatusCode::BAD_REQUEST, "limit must be 1 to 1000", Some("limit"))
-                    })?
+                    q.limit = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=crate::state::AUDIT_KEPT).contains(n))
+                        .ok_or_else(|| {
+                            ApiError::new(StatusCode::BAD_REQUEST, "limit must be 1 to 1000", Some("limit"))
+                        })?
                 }
                 other => {
-                    return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("unknown parameter {other:?}"), Some(other)))
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("unknown parameter {other:?}"),
+                        Some(other),
+                    ))
                 }
             }
         }
@@ -449,8 +507,10 @@ mod tests {
                 }
             }
         }
-        let mut served: Vec<(String, String)> =
-            ENDPOINTS.iter().map(|(_, m, p)| (m.as_str().to_string(), p.to_string())).collect();
+        let mut served: Vec<(String, String)> = ENDPOINTS
+            .iter()
+            .map(|(_, m, p)| (m.as_str().to_string(), p.to_string()))
+            .collect();
         documented.sort();
         served.sort();
         assert_eq!(documented, served);
@@ -458,10 +518,18 @@ mod tests {
 
     #[test]
     fn routing_table() {
-        assert_eq!(route_request(&Method::GET, "/api/v1/routes").unwrap().0, Endpoint::ListRoutes);
+        assert_eq!(
+            route_request(&Method::GET, "/api/v1/routes").unwrap().0,
+            Endpoint::ListRoutes
+        );
         let (e, r) = route_request(&Method::PUT, "/api/v1/routes/app/weight").unwrap();
         assert_eq!((e, r.as_deref()), (Endpoint::SetWeight, Some("app")));
-        assert_eq!(route_request(&Method::POST, "/api/v1/routes/app/weight").unwrap_err().status, 405);
+        assert_eq!(
+            route_request(&Method::POST, "/api/v1/routes/app/weight")
+                .unwrap_err()
+                .status,
+            405
+        );
         assert_eq!(route_request(&Method::GET, "/api/v1/nope").unwrap_err().status, 404);
     }
 }

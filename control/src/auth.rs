@@ -26,7 +26,10 @@ pub struct Token {
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the secret.
-        f.debug_struct("Token").field("name", &self.name).field("role", &self.role).finish_non_exhaustive()
+        f.debug_struct("Token")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
     }
 }
 
@@ -70,8 +73,15 @@ impl Tokens {
     /// Reads and checks a tokens file.
     pub fn load(path: &Path) -> Result<Self, TokensError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| TokensError::Read { path: shown.clone(), source })?;
-        Self::parse(&text).map_err(|(line, message)| TokensError::Line { path: shown, line, message })
+        let text = std::fs::read_to_string(path).map_err(|source| TokensError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|(line, message)| TokensError::Line {
+            path: shown,
+            line,
+            message,
+        })
     }
 
     /// Parses the file's text; errors carry the 1-based line.
@@ -84,7 +94,10 @@ impl Tokens {
             }
             let fields: Vec<&str> = line.split_whitespace().collect();
             let [name, role, secret] = fields[..] else {
-                return Err((i + 1, format!("expected NAME ROLE TOKEN, found {} field(s)", fields.len())));
+                return Err((
+                    i + 1,
+                    format!("expected NAME ROLE TOKEN, found {} field(s)", fields.len()),
+                ));
             };
             let role = match role {
                 "read" => Role::Read,
@@ -97,7 +110,11 @@ impl Tokens {
             if tokens.iter().any(|t| t.name == name) {
                 return Err((i + 1, format!("name {name:?} appears twice")));
             }
-            tokens.push(Token { name: name.into(), role, secret: secret.as_bytes().to_vec() });
+            tokens.push(Token {
+                name: name.into(),
+                role,
+                secret: secret.as_bytes().to_vec(),
+            });
         }
         Ok(Tokens(tokens))
     }
@@ -112,7 +129,9 @@ impl Tokens {
         if self.0.is_empty() {
             return Ok("anonymous".into());
         }
-        let presented = authorization.and_then(|h| h.strip_prefix(b"Bearer ")).ok_or(Denied::Unauthenticated)?;
+        let presented = authorization
+            .and_then(|h| h.strip_prefix(b"Bearer "))
+            .ok_or(Denied::Unauthenticated)?;
         // Compare against every token, without an early exit, so timing says nothing about which matched.
         let mut found: Option<&Token> = None;
         for t in &self.0 {
@@ -132,14 +151,21 @@ impl Tokens {
 mod tests {
     use super::*;
 
-    const FILE: &str = "# pipeline tokens\nci write 0123456789abcdef0123\n\nviewer read fedcba9876543210fedc  # dashboards\n";
+    const FILE: &str =
+        "# pipeline tokens\nci write 0123456789abcdef0123\n\nviewer read fedcba9876543210fedc  # dashboards\n";
 
     #[test]
     fn parses_and_checks() {
         let t = Tokens::parse(FILE).unwrap();
         assert_eq!(t.check(Some(b"Bearer 0123456789abcdef0123"), true), Ok("ci".into()));
-        assert_eq!(t.check(Some(b"Bearer fedcba9876543210fedc"), false), Ok("viewer".into()));
-        assert_eq!(t.check(Some(b"Bearer fedcba9876543210fedc"), true), Err(Denied::Forbidden));
+        assert_eq!(
+            t.check(Some(b"Bearer fedcba9876543210fedc"), false),
+            Ok("viewer".into())
+        );
+        assert_eq!(
+            t.check(Some(b"Bearer fedcba9876543210fedc"), true),
+            Err(Denied::Forbidden)
+        );
         for bad in [
             &b""[..],
             b"Bearer ",
@@ -148,7 +174,12 @@ mod tests {
             b"Bearer 0123456789abcdef012",
             b"Bearer 0123456789abcdef01234",
         ] {
-            assert_eq!(t.check(Some(bad), false), Err(Denied::Unauthenticated), "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                t.check(Some(bad), false),
+                Err(Denied::Unauthenticated),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         assert_eq!(t.check(None, false), Err(Denied::Unauthenticated));
     }
@@ -156,7 +187,10 @@ mod tests {
     #[test]
     fn malformed_lines_name_the_line() {
         assert_eq!(Tokens::parse("a write 0123456789abcdef\nb\n").unwrap_err().0, 2);
-        assert!(Tokens::parse("a admin 0123456789abcdef").unwrap_err().1.contains("admin"));
+        assert!(Tokens::parse("a admin 0123456789abcdef")
+            .unwrap_err()
+            .1
+            .contains("admin"));
         assert!(Tokens::parse("a read short").unwrap_err().1.contains("shorter"));
         let err = Tokens::parse("a read 0123456789abcdef\na read 0123456789abcdeg").unwrap_err();
         assert_eq!(err.0, 2);

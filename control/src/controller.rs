@@ -95,7 +95,11 @@ impl Controller {
         }
         store.save()?;
         let table = TableHandle::new(RoutingTable::build(&config, |r| store.state.live(r), None, &metrics)?);
-        let controller = Self { inner: Mutex::new(Inner { config, store }), table: table.clone(), metrics };
+        let controller = Self {
+            inner: Mutex::new(Inner { config, store }),
+            table: table.clone(),
+            metrics,
+        };
         Ok((controller, table))
     }
 
@@ -165,23 +169,39 @@ impl Controller {
         reason: Option<String>,
         if_match: Option<u64>,
     ) -> Result<RouteStatus, CommandError> {
-        let Some(plan) = inner.config.routes.iter().find(|r| r.name == route).map(|r| r.rollout.clone()) else {
+        let Some(plan) = inner
+            .config
+            .routes
+            .iter()
+            .find(|r| r.name == route)
+            .map(|r| r.rollout.clone())
+        else {
             return Err(CommandError::UnknownRoute(route.into()));
         };
         let before = inner.store.state.clone();
-        let state = inner.store.state.routes.get_mut(route).ok_or_else(|| CommandError::UnknownRoute(route.into()))?;
+        let state = inner
+            .store
+            .state
+            .routes
+            .get_mut(route)
+            .ok_or_else(|| CommandError::UnknownRoute(route.into()))?;
         if let Some(expected) = if_match {
             if expected != state.revision {
-                return Err(CommandError::Stale { route: route.into(), expected, current: state.revision });
+                return Err(CommandError::Stale {
+                    route: route.into(),
+                    expected,
+                    current: state.revision,
+                });
             }
         }
         let from = describe(state);
         let action = command.name();
         let event = match command {
             Command::SetWeight(w) => Event::SetWeight(w),
-            Command::Start { steps, interval } => {
-                Event::Start { steps: steps.unwrap_or(plan.steps), interval: interval.or(plan.interval) }
-            }
+            Command::Start { steps, interval } => Event::Start {
+                steps: steps.unwrap_or(plan.steps),
+                interval: interval.or(plan.interval),
+            },
             Command::Step => Event::Step,
             Command::Pause => Event::Pause,
             Command::Resume => Event::Resume,
@@ -219,7 +239,14 @@ impl Controller {
         for (name, state) in inner.store.state.routes.iter_mut() {
             let from = describe(state);
             let revision = state.revision;
-            if apply_event(state, Event::Tick { analysis_ok: analysis_ok(name) }, None).is_ok()
+            if apply_event(
+                state,
+                Event::Tick {
+                    analysis_ok: analysis_ok(name),
+                },
+                None,
+            )
+            .is_ok()
                 && state.revision != revision
             {
                 changed.push((name.clone(), from, describe(state)));
@@ -263,7 +290,12 @@ impl Controller {
     /// The status of every route, in config order.
     pub fn statuses(&self) -> Vec<RouteStatus> {
         let inner = self.lock();
-        inner.config.routes.iter().filter_map(|r| self.status_locked(&inner, &r.name)).collect()
+        inner
+            .config
+            .routes
+            .iter()
+            .filter_map(|r| self.status_locked(&inner, &r.name))
+            .collect()
     }
 
     fn status_locked(&self, inner: &Inner, route: &str) -> Option<RouteStatus> {
@@ -283,7 +315,12 @@ impl Controller {
             weight: state.weight().percent(),
             phase: state.rollout.phase,
             step: state.rollout.step,
-            steps: state.rollout.steps_ppm.iter().map(|p| Weight::from_ppm(*p).percent()).collect(),
+            steps: state
+                .rollout
+                .steps_ppm
+                .iter()
+                .map(|p| Weight::from_ppm(*p).percent())
+                .collect(),
             interval_seconds: state.rollout.interval_ms.map(|ms| ms as f64 / 1000.0),
             salt_id: format!("{:016x}", split::salt_for(route, state.generation)),
             generation: state.generation,
@@ -297,9 +334,17 @@ impl Controller {
     /// Recent audit entries, newest last, optionally of one route.
     pub fn audit(&self, route: Option<&str>, limit: usize) -> Vec<AuditEntry> {
         let inner = self.lock();
-        let matching: Vec<&AuditEntry> =
-            inner.store.state.audit.iter().filter(|e| route.is_none_or(|r| e.route.as_deref() == Some(r))).collect();
-        matching[matching.len().saturating_sub(limit)..].iter().map(|e| (*e).clone()).collect()
+        let matching: Vec<&AuditEntry> = inner
+            .store
+            .state
+            .audit
+            .iter()
+            .filter(|e| route.is_none_or(|r| e.route.as_deref() == Some(r)))
+            .collect();
+        matching[matching.len().saturating_sub(limit)..]
+            .iter()
+            .map(|e| (*e).clone())
+            .collect()
     }
 
     /// Records an audit entry that is not a route command (a refused API call).

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod client;
 pub mod config_file;
 pub mod controller;
 pub mod demo;

@@ -58,7 +58,10 @@ fn main() -> ExitCode {
         Command::Check { config } => return check(&config),
         Command::Run { config, reset_state } => tokio_main(async move {
             let loaded = config_file::load(&config)?;
-            let opts = runtime::RunOptions { file: Some((config, loaded.text)), reset_state };
+            let opts = runtime::RunOptions {
+                file: Some((config, loaded.text)),
+                reset_state,
+            };
             runtime::run(loaded.config, opts).await
         }),
         Command::Demo {

@@ -89,7 +89,10 @@ impl Reloader {
             None => None,
         };
         for field in restart_only_changes(&self.current, &config) {
-            tracing::warn!(field, "changed in the config file; it takes effect only after a restart");
+            tracing::warn!(
+                field,
+                "changed in the config file; it takes effect only after a restart"
+            );
         }
         match self.controller.apply_config(config.clone()) {
             Ok(()) => {

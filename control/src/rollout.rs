@@ -25,7 +25,13 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in metric label order.
-    pub const ALL: [Phase; 5] = [Phase::Idle, Phase::Progressing, Phase::Paused, Phase::Promoted, Phase::Aborted];
+    pub const ALL: [Phase; 5] = [
+        Phase::Idle,
+        Phase::Progressing,
+        Phase::Paused,
+        Phase::Promoted,
+        Phase::Aborted,
+    ];
 
     /// The phase's name as in the API.
     pub fn as_str(self) -> &'static str {
@@ -43,7 +49,10 @@ impl Phase {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// Begin a rollout at the first of `steps`; with `interval`, steps advance by themselves.
-    Start { steps: Vec<Weight>, interval: Option<Duration> },
+    Start {
+        steps: Vec<Weight>,
+        interval: Option<Duration>,
+    },
     /// Go to the next step (a pipeline job).
     Step,
     /// Stop advancing.
@@ -104,7 +113,13 @@ pub struct Rollout {
 
 impl Default for Rollout {
     fn default() -> Self {
-        Self { phase: Phase::Idle, steps_ppm: Vec::new(), step: None, interval_ms: None, step_started_ms: 0 }
+        Self {
+            phase: Phase::Idle,
+            steps_ppm: Vec::new(),
+            step: None,
+            interval_ms: None,
+            step_started_ms: 0,
+        }
     }
 }
 
@@ -190,7 +205,11 @@ impl Rollout {
         let weight = Weight::from_ppm(self.steps_ppm[i]);
         self.step = Some(i);
         self.step_started_ms = now_ms;
-        self.phase = if weight == Weight::FULL { Phase::Promoted } else { Phase::Progressing };
+        self.phase = if weight == Weight::FULL {
+            Phase::Promoted
+        } else {
+            Phase::Progressing
+        };
         if self.phase == Phase::Promoted {
             self.step = None;
         }
@@ -213,7 +232,14 @@ mod tests {
 
     fn start(r: &mut Rollout, interval: Option<u64>) -> Vec<Action> {
         let steps = vec![w(10.0), w(25.0), w(50.0), w(100.0)];
-        r.apply(Event::Start { steps, interval: interval.map(Duration::from_millis) }, 0).unwrap()
+        r.apply(
+            Event::Start {
+                steps,
+                interval: interval.map(Duration::from_millis),
+            },
+            0,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -226,7 +252,10 @@ mod tests {
         assert_eq!(r.apply(Event::Step, 3).unwrap(), vec![Action::SetWeight(Weight::FULL)]);
         assert_eq!(r.phase, Phase::Promoted, "reaching 100 % promotes");
         let err = r.apply(Event::Step, 4).unwrap_err();
-        assert_eq!(err.to_string(), "cannot step while the rollout is Promoted; start a rollout first");
+        assert_eq!(
+            err.to_string(),
+            "cannot step while the rollout is Promoted; start a rollout first"
+        );
     }
 
     #[test]
@@ -234,25 +263,62 @@ mod tests {
         let mut r = Rollout::default();
         for e in [Event::Step, Event::Pause, Event::Resume] {
             let before = r.clone();
-            assert!(matches!(r.apply(e, 5), Err(RolloutError::Conflict { phase: Phase::Idle, .. })));
+            assert!(matches!(
+                r.apply(e, 5),
+                Err(RolloutError::Conflict { phase: Phase::Idle, .. })
+            ));
             assert_eq!(r, before);
         }
         start(&mut r, None);
         let before = r.clone();
-        assert!(r.apply(Event::Start { steps: vec![w(5.0)], interval: None }, 9).is_err());
+        assert!(r
+            .apply(
+                Event::Start {
+                    steps: vec![w(5.0)],
+                    interval: None
+                },
+                9
+            )
+            .is_err());
         assert_eq!(r, before);
         r.apply(Event::Pause, 10).unwrap();
-        assert!(matches!(r.apply(Event::Step, 11), Err(RolloutError::Conflict { phase: Phase::Paused, .. })));
+        assert!(matches!(
+            r.apply(Event::Step, 11),
+            Err(RolloutError::Conflict {
+                phase: Phase::Paused,
+                ..
+            })
+        ));
         r.apply(Event::Abort, 12).unwrap();
-        assert!(matches!(r.apply(Event::Abort, 13), Err(RolloutError::Conflict { phase: Phase::Aborted, .. })));
-        assert!(matches!(r.apply(Event::Promote, 13), Err(RolloutError::Conflict { phase: Phase::Aborted, .. })));
+        assert!(matches!(
+            r.apply(Event::Abort, 13),
+            Err(RolloutError::Conflict {
+                phase: Phase::Aborted,
+                ..
+            })
+        ));
+        assert!(matches!(
+            r.apply(Event::Promote, 13),
+            Err(RolloutError::Conflict {
+                phase: Phase::Aborted,
+                ..
+            })
+        ));
     }
 
     #[test]
     fn steps_must_rise() {
         let mut r = Rollout::default();
-        for steps in [vec![], vec![w(0.0), w(10.0)], vec![w(25.0), w(10.0)], vec![w(10.0), w(10.0)]] {
-            assert_eq!(r.apply(Event::Start { steps, interval: None }, 0), Err(RolloutError::BadSteps));
+        for steps in [
+            vec![],
+            vec![w(0.0), w(10.0)],
+            vec![w(25.0), w(10.0)],
+            vec![w(10.0), w(10.0)],
+        ] {
+            assert_eq!(
+                r.apply(Event::Start { steps, interval: None }, 0),
+                Err(RolloutError::BadSteps)
+            );
         }
     }
 
@@ -261,15 +327,32 @@ mod tests {
         let mut r = Rollout::default();
         start(&mut r, Some(1_000));
         assert_eq!(r.apply(Event::Tick { analysis_ok: true }, 999).unwrap(), vec![]);
-        assert_eq!(r.apply(Event::Tick { analysis_ok: false }, 1_000).unwrap(), vec![], "inconclusive waits");
+        assert_eq!(
+            r.apply(Event::Tick { analysis_ok: false }, 1_000).unwrap(),
+            vec![],
+            "inconclusive waits"
+        );
         assert_eq!(r.step, Some(0));
         assert_eq!(r.apply(Event::Tick { analysis_ok: true }, 1_999).unwrap(), vec![]);
-        assert_eq!(r.apply(Event::Tick { analysis_ok: true }, 2_000).unwrap(), vec![Action::SetWeight(w(25.0))]);
+        assert_eq!(
+            r.apply(Event::Tick { analysis_ok: true }, 2_000).unwrap(),
+            vec![Action::SetWeight(w(25.0))]
+        );
         r.apply(Event::Pause, 2_500).unwrap();
-        assert_eq!(r.apply(Event::Tick { analysis_ok: true }, 9_000).unwrap(), vec![], "paused does not advance");
+        assert_eq!(
+            r.apply(Event::Tick { analysis_ok: true }, 9_000).unwrap(),
+            vec![],
+            "paused does not advance"
+        );
         r.apply(Event::Resume, 9_000).unwrap();
-        assert_eq!(r.apply(Event::Tick { analysis_ok: true }, 10_000).unwrap(), vec![Action::SetWeight(w(50.0))]);
-        assert_eq!(r.apply(Event::Tick { analysis_ok: true }, 11_000).unwrap(), vec![Action::SetWeight(Weight::FULL)]);
+        assert_eq!(
+            r.apply(Event::Tick { analysis_ok: true }, 10_000).unwrap(),
+            vec![Action::SetWeight(w(50.0))]
+        );
+        assert_eq!(
+            r.apply(Event::Tick { analysis_ok: true }, 11_000).unwrap(),
+            vec![Action::SetWeight(Weight::FULL)]
+        );
         assert_eq!(r.phase, Phase::Promoted);
     }
 
@@ -277,7 +360,10 @@ mod tests {
     fn manual_weight_pauses_a_progressing_rollout() {
         let mut r = Rollout::default();
         start(&mut r, Some(1_000));
-        assert_eq!(r.apply(Event::SetWeight(w(30.0)), 10).unwrap(), vec![Action::SetWeight(w(30.0))]);
+        assert_eq!(
+            r.apply(Event::SetWeight(w(30.0)), 10).unwrap(),
+            vec![Action::SetWeight(w(30.0))]
+        );
         assert_eq!(r.phase, Phase::Paused);
         r.apply(Event::Abort, 11).unwrap();
         r.apply(Event::SetWeight(w(5.0)), 12).unwrap();

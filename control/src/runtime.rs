@@ -55,8 +55,14 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
         .context("registering process metrics")?;
 
-    let pool = PoolOptions { connect_timeout: config.timeouts.connect, idle_timeout: config.timeouts.upstream_idle };
-    let serve_opts = ServeOptions { header_read_timeout: config.timeouts.idle, drain: config.timeouts.drain };
+    let pool = PoolOptions {
+        connect_timeout: config.timeouts.connect,
+        idle_timeout: config.timeouts.upstream_idle,
+    };
+    let serve_opts = ServeOptions {
+        header_read_timeout: config.timeouts.idle,
+        drain: config.timeouts.drain,
+    };
     let (listen, admin_listen) = (config.listen.http, config.admin.listen);
     let (controller, table) = Controller::new(config.clone(), store, proxy_metrics.clone())?;
     let controller = Arc::new(controller);
@@ -64,9 +70,12 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
 
     // Signal handlers go in before anyone can learn our addresses and signal us.
     let mut signals = Signals::install()?;
-    let public = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on listen.http {listen}"))?;
-    let admin_listener =
-        TcpListener::bind(admin_listen).await.with_context(|| format!("cannot listen on admin.listen {admin_listen}"))?;
+    let public = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on listen.http {listen}"))?;
+    let admin_listener = TcpListener::bind(admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on admin.listen {admin_listen}"))?;
     tracing::info!(listener = "public", addr = %public.local_addr()?, "listening");
     tracing::info!(listener = "admin", addr = %admin_listener.local_addr()?, "listening");
 
@@ -75,7 +84,12 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(true));
 
     let admin = Admin::new(registry, ready.clone(), Api::new(controller.clone(), tokens.clone()));
-    let admin_task = tokio::spawn(serve(admin_listener, move |_| admin.service(), serve_opts, stopped(admin_stop_rx)));
+    let admin_task = tokio::spawn(serve(
+        admin_listener,
+        move |_| admin.service(),
+        serve_opts,
+        stopped(admin_stop_rx),
+    ));
     let proxy_task = tokio::spawn(serve(
         public,
         move |peer| proxy.connection_service(peer, false),

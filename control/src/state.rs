@@ -112,7 +112,9 @@ pub enum StateError {
         source: std::io::Error,
     },
     /// The file is not a state file this version understands.
-    #[error("state file {path} is corrupt or of another version ({source}); fix or remove it, or start with --reset-state")]
+    #[error(
+        "state file {path} is corrupt or of another version ({source}); fix or remove it, or start with --reset-state"
+    )]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -127,7 +129,8 @@ impl State {
     /// Returns the audit entries of what the file changed.
     pub fn reconcile(&mut self, config: &Config) -> Vec<AuditEntry> {
         self.version = VERSION;
-        self.routes.retain(|name, _| config.routes.iter().any(|r| &r.name == name));
+        self.routes
+            .retain(|name, _| config.routes.iter().any(|r| &r.name == name));
         let mut changes = Vec::new();
         for route in &config.routes {
             let file_weight = route.weight;
@@ -182,7 +185,10 @@ impl State {
     /// The live weight and salt of a route (the file's weight, generation 0, when unknown).
     pub fn live(&self, route: &canary_config::Route) -> LiveRoute {
         match self.routes.get(&route.name) {
-            Some(s) => LiveRoute { weight: s.weight(), salt: split::salt_for(&route.name, s.generation) },
+            Some(s) => LiveRoute {
+                weight: s.weight(),
+                salt: split::salt_for(&route.name, s.generation),
+            },
             None => LiveRoute::from_config(route),
         }
     }
@@ -190,18 +196,31 @@ impl State {
     /// Reads the state file; a missing file is an empty state.
     pub fn load(path: &Path) -> Result<Self, StateError> {
         match std::fs::read(path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt { path: path.into(), source })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State { version: VERSION, ..State::default() }),
-            Err(source) => Err(StateError::Io { path: path.into(), source }),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
+                path: path.into(),
+                source,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State {
+                version: VERSION,
+                ..State::default()
+            }),
+            Err(source) => Err(StateError::Io {
+                path: path.into(),
+                source,
+            }),
         }
     }
 
     /// Writes the state file atomically and durably.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
-        let io = |source| StateError::Io { path: path.into(), source };
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let io = |source| StateError::Io {
+            path: path.into(),
+            source,
+        };
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(io)?;
         let tmp = path.with_extension("json.tmp");
         let mut file = std::fs::File::create(&tmp).map_err(io)?;
@@ -222,7 +241,9 @@ pub fn describe(s: &RouteState) -> String {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Now as RFC 3339 with milliseconds.

@@ -9,6 +9,16 @@ use std::time::{Duration, Instant};
 
 /// Path of the `canaryd` binary of this build profile, built once per test process.
 pub fn binary() -> PathBuf {
+    bin_dir().join("canaryd")
+}
+
+/// Path of the `canaryctl` binary of this build profile.
+pub fn canaryctl() -> PathBuf {
+    bin_dir().join("canaryctl")
+}
+
+/// The directory of this profile's binaries, after building them once per test process.
+pub fn bin_dir() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         // target/<profile>/deps/<test-exe> → target/<profile>/canaryd
@@ -16,15 +26,16 @@ pub fn binary() -> PathBuf {
         let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
         let release = dir.file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-q", "-p", "canary-control", "--bin", "canaryd"]);
+        cmd.args(["build", "-q", "-p", "canary-control", "--bins"]);
         if release {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("run cargo build for canaryd");
         assert!(status.success(), "building canaryd failed");
-        let bin = dir.join("canaryd");
-        assert!(bin.exists(), "{} missing after build", bin.display());
-        bin
+        for bin in ["canaryd", "canaryctl"] {
+            assert!(dir.join(bin).exists(), "{bin} missing in {} after build", dir.display());
+        }
+        dir
     })
     .clone()
 }

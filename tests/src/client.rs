@@ -92,3 +92,27 @@ impl Client {
         })
     }
 }
+
+/// One raw call to the admin API: method, path, headers, body → status, headers and JSON body.
+pub async fn admin_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, HeaderMap, serde_json::Value) {
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let mut req = Request::builder().method(method).uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(http_body_util::Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = client.request(req).await.expect("admin call");
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    let json =
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::String(String::from_utf8_lossy(&bytes).into()));
+    (parts.status, parts.headers, json)
+}

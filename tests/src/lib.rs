@@ -7,7 +7,7 @@ pub mod client;
 
 pub use backend::{Backend, BackendHandle, Recorded};
 pub use canaryd::Canaryd;
-pub use client::{Client, Reply};
+pub use client::{admin_call, Client, Reply};
 
 /// The 99.9 % two-sided binomial bound (3.29 standard deviations) around `n * p`.
 pub fn binomial_bounds(n: u64, p: f64) -> (f64, f64) {
