@@ -250,7 +250,7 @@ start_backend() { # name variant port status_port extra_listen
   local name=$1 dir="$WORK/$1"
   mkdir -p "$dir"
   render "$HERE/nginx-backend.conf.tmpl" "$dir/nginx.conf" DIR="$dir" VARIANT="$2" PORT="$3" \
-    STATUS_PORT="$4" EXTRA_LISTEN="$5"
+    STATUS_PORT="$4" EXTRA_LISTEN="$5" MAXCONN="$MAXCONN" NOFILE="$want_nofile"
   local cmd=(taskset -c "$LOAD_CPU" nginx -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log")
   launch "$name" "${cmd[@]}"
 }
@@ -262,13 +262,13 @@ start_proxy() { # target
     nginx)
       render "$HERE/nginx-proxy.conf.tmpl" "$dir/nginx.conf" DIR="$dir" H1_PORT="$NGX_H1" \
         STABLE_PORT="$STABLE_PORT" CANARY_PORT="$CANARY_PORT" NGINX_VERSION="$NGINX_VERSION" \
-        H2_NOTE="$NGINX_H2_NOTE" H2_LISTEN="$(h2_listen "$NGX_H2")"
+        H2_NOTE="$NGINX_H2_NOTE" H2_LISTEN="$(h2_listen "$NGX_H2")" MAXCONN="$MAXCONN" NOFILE="$want_nofile"
       launch nginx taskset -c "$PROXY_CPU" nginx -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log"
       wait_ready nginx "http://127.0.0.1:$NGX_H1/"
       ;;
     haproxy)
       render "$HERE/haproxy.cfg.tmpl" "$dir/haproxy.cfg" DIR="$dir" H1_PORT="$HAP_H1" H2_PORT="$HAP_H2" \
-        STABLE_PORT="$STABLE_PORT" CANARY_PORT="$CANARY_PORT"
+        STABLE_PORT="$STABLE_PORT" CANARY_PORT="$CANARY_PORT" MAXCONN="$MAXCONN"
       launch haproxy taskset -c "$PROXY_CPU" haproxy -db -f "$dir/haproxy.cfg"
       wait_ready haproxy "http://127.0.0.1:$HAP_H1/"
       ;;
@@ -453,8 +453,10 @@ RESULTS="$WORK/results.jsonl"; : >"$RESULTS"
 CMDS="$WORK/commands.tsv"; : >"$CMDS"
 CLK_TCK=$(getconf CLK_TCK)
 
-# 10,000 idle connections need ~10,000 descriptors in the proxy and in the client
-want_nofile=$((IDLE_CONNS * 2 + 4096))
+# The idle connections plus room for the load runs; each proxy needs two descriptors per
+# connection it proxies (HAProxy refuses to start below 2 x maxconn), so does the client.
+MAXCONN=$((IDLE_CONNS + 2000))
+want_nofile=$((MAXCONN * 2 + 1024))
 if [ "$(ulimit -n)" -lt "$want_nofile" ]; then
   ulimit -Hn "$want_nofile" 2>/dev/null || true
   ulimit -n "$want_nofile" 2>/dev/null || ulimit -n "$(ulimit -Hn)"

@@ -101,12 +101,14 @@ pub struct Route {
 }
 
 /// Steps and pace of a rollout.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RolloutPlan {
     /// Rising weights; the last one is usually 100.
     pub steps: Vec<Weight>,
     /// Time per step when steps advance by themselves; `None`: only by API call.
     pub interval: Option<Duration>,
+    /// Automatic judgement of the canary; `None`: no automatic rollback.
+    pub analysis: Option<Analysis>,
 }
 
 impl Default for RolloutPlan {
@@ -115,8 +117,47 @@ impl Default for RolloutPlan {
         Self {
             steps: steps.to_vec(),
             interval: None,
+            analysis: None,
         }
     }
+}
+
+/// How the canary is judged every second, and when it is rolled back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Analysis {
+    /// The sliding window judged.
+    pub window: Duration,
+    /// Canary responses in the window before any judgement; fewer is "inconclusive".
+    pub min_requests: u64,
+    /// Fail above this percent of canary 5xx (upstream errors included).
+    pub max_error_rate: Option<f64>,
+    /// Fail when the canary's error percent exceeds the stable's by more than this many points.
+    pub max_error_rate_increase: Option<f64>,
+    /// With it, the increase rule also needs a one-sided two-proportion z-test below this p-value.
+    pub significance: Option<f64>,
+    /// Fail when the canary's p99 time to response headers is above this.
+    pub max_latency_p99: Option<Duration>,
+    /// Consecutive failing judgements that abort the rollout.
+    pub failures_before_abort: u32,
+    /// POSTed a JSON body on abort.
+    pub webhook: Option<String>,
+    /// A PromQL check, for judging the canary across many replicas.
+    pub prometheus: Option<PrometheusCheck>,
+}
+
+/// A PromQL instant query whose value must stay within bounds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrometheusCheck {
+    /// Prometheus base URL (`http://prometheus:9090`).
+    pub url: String,
+    /// The query; its first sample is judged.
+    pub query: String,
+    /// Fail above this.
+    pub max: Option<f64>,
+    /// Fail below this.
+    pub min: Option<f64>,
+    /// How often the query runs.
+    pub interval: Duration,
 }
 
 /// Sticky assignment of users to variants.

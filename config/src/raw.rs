@@ -128,6 +128,54 @@ pub(crate) struct RawRollout {
     #[serde(default = "default_steps")]
     pub steps: Vec<f64>,
     pub interval: Option<String>,
+    pub analysis: Option<RawAnalysis>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAnalysis {
+    #[serde(default = "default_window")]
+    pub window: String,
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u64,
+    #[serde(default = "default_max_error_rate")]
+    pub max_error_rate: Option<f64>,
+    pub max_error_rate_increase: Option<f64>,
+    pub significance: Option<f64>,
+    pub max_latency_p99: Option<String>,
+    #[serde(default = "default_failures")]
+    pub failures_before_abort: u32,
+    pub webhook: Option<String>,
+    pub prometheus: Option<RawPrometheus>,
+}
+
+fn default_window() -> String {
+    "60s".into()
+}
+fn default_min_requests() -> u64 {
+    50
+}
+#[allow(clippy::unnecessary_wraps)] // serde default of an Option field
+fn default_max_error_rate() -> Option<f64> {
+    Some(5.0)
+}
+fn default_failures() -> u32 {
+    2
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPrometheus {
+    pub url: String,
+    pub query: String,
+    pub max: Option<f64>,
+    pub min: Option<f64>,
+    #[serde(default = "default_prometheus_interval")]
+    pub interval: String,
+}
+
+fn default_prometheus_interval() -> String {
+    "5s".into()
 }
 
 fn default_steps() -> Vec<f64> {

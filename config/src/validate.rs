@@ -246,7 +246,97 @@ fn rollout_plan(errs: &mut Errors, at: &str, raw: &RawRollout) -> RolloutPlan {
         .interval
         .as_ref()
         .map(|t| duration(errs, &format!("{at}.interval"), t));
-    RolloutPlan { steps, interval }
+    let analysis = raw
+        .analysis
+        .as_ref()
+        .map(|a| analysis(errs, &format!("{at}.analysis"), a));
+    RolloutPlan {
+        steps,
+        interval,
+        analysis,
+    }
+}
+
+fn analysis(errs: &mut Errors, at: &str, raw: &RawAnalysis) -> Analysis {
+    let window = duration(errs, &format!("{at}.window"), &raw.window);
+    if window > Duration::from_secs(900) {
+        errs.push(format!("{at}.window"), "at most 15m");
+    }
+    let percent = |errs: &mut Errors, field: &str, v: Option<f64>| {
+        if let Some(p) = v {
+            if !(0.0..=100.0).contains(&p) {
+                errs.push(
+                    format!("{at}.{field}"),
+                    format!("{p} is not a percent between 0 and 100"),
+                );
+            }
+        }
+        v
+    };
+    let max_error_rate = percent(errs, "max_error_rate", raw.max_error_rate);
+    let max_error_rate_increase = percent(errs, "max_error_rate_increase", raw.max_error_rate_increase);
+    if let Some(p) = raw.significance {
+        if !(p > 0.0 && p < 0.5) {
+            errs.push(
+                format!("{at}.significance"),
+                format!("{p} is not a p-value between 0 and 0.5, e.g. 0.05"),
+            );
+        }
+    }
+    if raw.failures_before_abort == 0 {
+        errs.push(format!("{at}.failures_before_abort"), "must be at least 1");
+    }
+    let max_latency_p99 = raw
+        .max_latency_p99
+        .as_ref()
+        .map(|t| duration(errs, &format!("{at}.max_latency_p99"), t));
+    if let Some(url) = &raw.webhook {
+        if let Err(m) = http_url(url) {
+            errs.push(format!("{at}.webhook"), m);
+        }
+    }
+    let prometheus = raw.prometheus.as_ref().map(|p| {
+        let at = format!("{at}.prometheus");
+        if let Err(m) = http_url(&p.url) {
+            errs.push(format!("{at}.url"), m);
+        }
+        if p.query.trim().is_empty() || p.query.contains('\0') {
+            errs.push(format!("{at}.query"), "needs a PromQL expression");
+        }
+        if p.max.is_none() && p.min.is_none() {
+            errs.push(format!("{at}.max"), "set max, min or both");
+        }
+        PrometheusCheck {
+            url: p.url.trim_end_matches('/').to_string(),
+            query: p.query.clone(),
+            max: p.max,
+            min: p.min,
+            interval: duration(errs, &format!("{at}.interval"), &p.interval),
+        }
+    });
+    Analysis {
+        window,
+        min_requests: raw.min_requests,
+        max_error_rate,
+        max_error_rate_increase,
+        significance: raw.significance,
+        max_latency_p99,
+        failures_before_abort: raw.failures_before_abort,
+        webhook: raw.webhook.clone(),
+        prometheus,
+    }
+}
+
+/// An `http://host:port/path` URL (no TLS client yet; no credentials in URLs).
+fn http_url(text: &str) -> Result<(), String> {
+    let rest = text
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{text:?} must start with http://"))?;
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.is_empty() || authority.contains('@') || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{text:?} is not a plain http://host:port/path URL"));
+    }
+    Ok(())
 }
 
 fn overrides(errs: &mut Errors, at: &str, raw: &RawOverride) -> Overrides {

@@ -30,6 +30,10 @@ impl EndpointSet {
         &self.endpoints
     }
 
+    pub(crate) fn healthy_count(&self) -> usize {
+        self.endpoints.iter().filter(|e| e.is_healthy()).count()
+    }
+
     /// True when at least one endpoint is not cooling off.
     pub(crate) fn has_healthy(&self) -> bool {
         self.endpoints.iter().any(|e| e.is_healthy())

@@ -52,6 +52,17 @@ pub struct PoolOptions {
     pub idle_timeout: Duration,
 }
 
+/// How a request was answered, for the counters.
+#[derive(Debug, Clone, Copy)]
+struct Outcome {
+    /// The variant the response is counted against.
+    counted: Variant,
+    /// True when an endpoint of that variant was tried.
+    served: bool,
+    /// True when no upstream response came (connect, timeout, protocol).
+    upstream_error: bool,
+}
+
 /// How one upstream attempt failed.
 enum Failure {
     Connect,
@@ -114,7 +125,9 @@ impl Proxy {
             .access_log
             .then(|| (req.method().clone(), req.uri().path().to_owned()));
 
-        let (mut response, variant) = self.forward(req, client, &route, decision.variant, &settings).await;
+        let (mut response, outcome) = self.forward(req, client, &route, decision.variant, &settings).await;
+        route.observe(outcome.counted, response.status(), outcome.upstream_error, started);
+        let variant = outcome.served.then_some(outcome.counted);
         if let Some(cookie) = decision.set_cookie {
             response.headers_mut().append(SET_COOKIE, cookie);
         }
@@ -132,7 +145,7 @@ impl Proxy {
     }
 
     /// Sends the request to an endpoint of the decided variant (or the other one as a
-    /// fallback); returns the response and the variant that served, if any did.
+    /// fallback); returns the response and how it came about.
     async fn forward(
         &self,
         mut req: Request<Incoming>,
@@ -140,15 +153,22 @@ impl Proxy {
         route: &Route,
         decided: Variant,
         settings: &Settings,
-    ) -> (Response<ProxyBody>, Option<Variant>) {
-        let Some(variant) = route.serving_variant(decided) else {
-            route.metrics.response(decided, StatusCode::SERVICE_UNAVAILABLE);
-            return (
+    ) -> (Response<ProxyBody>, Outcome) {
+        let no_endpoints = |counted| {
+            let outcome = Outcome {
+                counted,
+                served: false,
+                upstream_error: false,
+            };
+            (
                 reply(ProxyError::NoEndpoints {
                     route: route.name.clone(),
                 }),
-                None,
-            );
+                outcome,
+            )
+        };
+        let Some(variant) = route.serving_variant(decided) else {
+            return no_endpoints(decided);
         };
 
         let client_upgrade = (req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers()))
@@ -164,13 +184,7 @@ impl Proxy {
         let path = parts.uri.path_and_query().cloned();
 
         let Some(first) = eps.pick(None) else {
-            route.metrics.response(variant, StatusCode::SERVICE_UNAVAILABLE);
-            return (
-                reply(ProxyError::NoEndpoints {
-                    route: route.name.clone(),
-                }),
-                None,
-            );
+            return no_endpoints(variant);
         };
         let mut outcome = self
             .exchange(first, parts, Either::Left(body), path.as_ref(), settings)
@@ -188,10 +202,14 @@ impl Proxy {
             }
         }
 
+        let served = Outcome {
+            counted: variant,
+            served: true,
+            upstream_error: false,
+        };
         let response = match outcome {
             Ok((mut resp, in_flight)) => {
                 in_flight.endpoint().record_success();
-                route.metrics.response(variant, resp.status());
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client_upgrade) = client_upgrade {
                         let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -199,7 +217,7 @@ impl Proxy {
                         let (parts, _) = resp.into_parts();
                         return (
                             Response::from_parts(parts, Either::Right(Full::new(Bytes::new()))),
-                            Some(variant),
+                            served,
                         );
                     }
                 }
@@ -224,11 +242,16 @@ impl Proxy {
                     ),
                 };
                 route.metrics.upstream_error(variant, reason);
-                route.metrics.response(variant, err.status());
-                reply(err)
+                return (
+                    reply(err),
+                    Outcome {
+                        upstream_error: true,
+                        ..served
+                    },
+                );
             }
         };
-        (response, Some(variant))
+        (response, served)
     }
 
     /// One attempt against one endpoint, up to the response headers.

@@ -16,6 +16,7 @@ mod route;
 mod routing_table;
 mod server;
 pub mod split;
+pub mod window;
 
 pub use endpoint::Endpoint;
 pub use forward::{PoolOptions, Proxy, ProxyBody, UpstreamClient};

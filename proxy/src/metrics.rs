@@ -3,7 +3,7 @@
 //! Label children are resolved once per route when a table is built, so the
 //! request path only does atomic adds.
 
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::split::Variant;
 
@@ -29,6 +29,7 @@ impl UpstreamErrorReason {
 #[derive(Clone)]
 pub struct ProxyMetrics {
     requests: IntCounterVec,
+    durations: HistogramVec,
     upstream_errors: IntCounterVec,
     fallbacks: IntCounterVec,
     no_route: IntCounter,
@@ -58,13 +59,28 @@ impl ProxyMetrics {
             ),
             &["route", "variant"],
         )?;
+        let durations = HistogramVec::new(
+            HistogramOpts::new(
+                "canaryd_request_duration_seconds",
+                "Time from receiving a request to sending the response headers, by route and serving variant.",
+            )
+            .buckets(
+                crate::window::LATENCY_BOUNDS_MS
+                    .iter()
+                    .map(|ms| *ms as f64 / 1000.0)
+                    .collect(),
+            ),
+            &["route", "variant"],
+        )?;
         let no_route = IntCounter::new("canaryd_no_route_total", "Requests that matched no route (404).")?;
         registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(durations.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(fallbacks.clone()))?;
         registry.register(Box::new(no_route.clone()))?;
         Ok(Self {
             requests,
+            durations,
             upstream_errors,
             fallbacks,
             no_route,
@@ -96,6 +112,7 @@ impl ProxyMetrics {
             upstream_errors: UpstreamErrorReason::ALL
                 .map(|r| self.upstream_errors.with_label_values(&[route, v.as_str(), r])),
             fallbacks: self.fallbacks.with_label_values(&[route, v.as_str()]),
+            duration: self.durations.with_label_values(&[route, v.as_str()]),
         };
         RouteMetrics {
             variants: [variant(Variant::Stable), variant(Variant::Canary)],
@@ -125,6 +142,7 @@ struct VariantMetrics {
     responses: [IntCounter; 5],
     upstream_errors: [IntCounter; 3],
     fallbacks: IntCounter,
+    duration: Histogram,
 }
 
 impl RouteMetrics {
@@ -132,6 +150,11 @@ impl RouteMetrics {
     pub(crate) fn response(&self, variant: Variant, status: http::StatusCode) {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
         self.variants[variant as usize].responses[class].inc();
+    }
+
+    #[inline]
+    pub(crate) fn duration(&self, variant: Variant, seconds: f64) {
+        self.variants[variant as usize].duration.observe(seconds);
     }
 
     #[inline]

@@ -1,5 +1,8 @@
 //! A route as the data plane sees it: its weight, its two endpoint sets, its counters.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use canary_config::{Affinity, AffinityKey, Overrides};
 use http::{HeaderMap, HeaderValue};
 
@@ -8,6 +11,7 @@ use crate::balancer::EndpointSet;
 use crate::headers::ClientInfo;
 use crate::metrics::RouteMetrics;
 use crate::split::{self, Variant};
+use crate::window::{self, Window};
 
 /// The variant decided for a request, and the cookie to set when a user key was minted.
 #[derive(Debug)]
@@ -28,6 +32,8 @@ pub struct Route {
     pub(crate) expose_variant: bool,
     pub(crate) variants: [EndpointSet; 2],
     pub(crate) metrics: RouteMetrics,
+    /// Per-variant sliding windows, when the route has an analysis.
+    pub(crate) windows: Option<Arc<[Window; 2]>>,
 }
 
 impl Route {
@@ -48,6 +54,28 @@ impl Route {
 
     pub(crate) fn endpoints(&self, variant: Variant) -> &EndpointSet {
         &self.variants[variant as usize]
+    }
+
+    /// The sliding window of a variant, when the route has an analysis.
+    pub fn window(&self, variant: Variant) -> Option<&Window> {
+        self.windows.as_ref().map(|w| &w[variant as usize])
+    }
+
+    /// Endpoints of a variant that are not cooling off, and all of them.
+    pub fn healthy_endpoints(&self, variant: Variant) -> (usize, usize) {
+        let set = self.endpoints(variant);
+        (set.healthy_count(), set.len())
+    }
+
+    /// Records a finished exchange: counters, latency histogram and window (atomics only).
+    #[inline]
+    pub(crate) fn observe(&self, variant: Variant, status: http::StatusCode, upstream_error: bool, started: Instant) {
+        let latency = started.elapsed();
+        self.metrics.response(variant, status);
+        self.metrics.duration(variant, latency.as_secs_f64());
+        if let Some(w) = &self.windows {
+            w[variant as usize].record(window::second_of(started), status.as_u16(), upstream_error, latency);
+        }
     }
 
     /// The sticky salt of the current rollout.

@@ -11,6 +11,7 @@ use crate::balancer::EndpointSet;
 use crate::endpoint::Endpoint;
 use crate::metrics::ProxyMetrics;
 use crate::route::Route;
+use crate::window::Window;
 
 /// Settings the request path needs, carried in the snapshot so a reload changes them atomically.
 #[derive(Debug, Clone, Copy)]
@@ -157,6 +158,7 @@ impl RoutingTable {
                 expose_variant: r.expose_variant,
                 variants: [set(&r.stable)?, set(&r.canary)?],
                 metrics: metrics.for_route(&r.name),
+                windows: windows_for(r, previous),
             });
             let entry = (Box::<str>::from(r.path_prefix.as_str()), route.clone());
             if r.hosts.is_empty() {
@@ -205,6 +207,11 @@ impl RoutingTable {
         &self.routes
     }
 
+    /// The route of that name.
+    pub fn route(&self, name: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| r.name() == name)
+    }
+
     /// Peers whose forwarding headers are believed.
     pub fn trusted_proxies(&self) -> &[ipnet::IpNet] {
         &self.trusted_proxies
@@ -213,6 +220,19 @@ impl RoutingTable {
     /// Request-path settings.
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+}
+
+/// The route's windows: the previous table's when the window length is unchanged
+/// (so the analysis keeps its history across reloads), new ones otherwise.
+fn windows_for(route: &canary_config::Route, previous: Option<&RoutingTable>) -> Option<Arc<[Window; 2]>> {
+    let seconds = route.rollout.analysis.as_ref()?.window.as_secs().max(1);
+    let kept = previous
+        .and_then(|p| p.route(&route.name))
+        .and_then(|r| r.windows.clone());
+    match kept {
+        Some(w) if w[0].seconds() == seconds => Some(w),
+        _ => Some(Arc::new([Window::new(seconds), Window::new(seconds)])),
     }
 }
 
