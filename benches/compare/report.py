@@ -30,6 +30,8 @@ FIGURES = {
     "h2_cpu_us": ("CPU per request, h2c", "µs", 2, "lower"),
     "h1_cpu_util": ("Proxy CPU use during the HTTP/1.1 run (100 = one core busy)", "%", 0, None),
     "h2_cpu_util": ("Proxy CPU use during the h2c run", "%", 0, None),
+    "h1_cpu0_busy": ("CPU 0 (the proxy's) busy during the HTTP/1.1 run, all processes of the machine", "%", 0, None),
+    "h1_cpu1_busy": ("CPU 1 (load generator and backends) busy during the HTTP/1.1 run, all processes", "%", 0, None),
     "added_p50_ms": ("Added latency p50 over direct, open loop at the fixed rate (oha)", "ms", 3, "lower"),
     "added_p99_ms": ("Added latency p99 over direct, open loop at the fixed rate (oha)", "ms", 3, "lower"),
     "lat_p50_ms": ("Latency p50 at the fixed rate (absolute)", "ms", 3, "lower"),
@@ -40,6 +42,7 @@ FIGURES = {
     "h1_new_upstream": ("New upstream connections opened during a steady-state HTTP/1.1 run", "", 0, "lower"),
     "share_canary_pct": ("Canary share over new users (random uid per request)", "%", 3, None),
     "share_error_pp": ("Canary share error |share - 10 %|", "pp", 3, "lower"),
+    "share_rps": ("Requests/s of the share run (wrk, a new random uid per request)", "req/s", 0, None),
     "sticky_pct": ("Stickiness: users who got the same variant again", "%", 2, "higher"),
     "h1_errors": ("Errors (socket errors + status >= 400) in the HTTP/1.1 runs", "", 0, "lower"),
     "h2_errors": ("Failed or non-2xx requests in the h2c runs", "", 0, "lower"),
@@ -96,7 +99,9 @@ def parse_oha(path):
     lat = d.get("latencyPercentiles") or fail()
     summary = d.get("summary", {})
     codes = d.get("statusCodeDistribution", {})
-    errors = sum(d.get("errorDistribution", {}).values()) + sum(v for k, v in codes.items() if k != "200")
+    # oha -z cuts the requests still in flight when the time is up; those are not errors
+    errors = sum(v for k, v in d.get("errorDistribution", {}).items() if "deadline" not in k)
+    errors += sum(v for k, v in codes.items() if k != "200")
     p50, p99 = lat.get("p50"), lat.get("p99")
     if p50 is None or p99 is None:
         fail()
@@ -237,9 +242,10 @@ def render(args):
       "The proxy under test is pinned to CPU 0 with one worker/thread; the load generator, both backends "
       "and the helper scripts to CPU 1. See `benches/compare/README.md` for the equivalences and caveats.")
     w("")
-    w("Each cell: median (min – max) over %s rounds in which the targets take turns (rotated order); "
-      "RSS over %s round(s); share and stickiness one run each. Ratios are of medians."
-      % (meta.get("rounds", "?"), meta.get("rss_rounds", "?")))
+    w("Medians over %s rounds in which the targets take turns (rotated order), latency over %s, "
+      "RSS over %s (a fresh proxy process each); share and stickiness one run each. Ratios are of medians; "
+      "the per-figure tables below give min and max."
+      % (meta.get("rounds", "?"), meta.get("lat_rounds", "?"), meta.get("rss_rounds", "?")))
     w("")
 
     w("## Summary (medians)")

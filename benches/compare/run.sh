@@ -27,7 +27,7 @@ Options:
   -h, --help     this text
 Knobs (environment, defaults full/smoke): BENCH_ROUNDS (5/3), BENCH_DURATION seconds per
 load run (8/1), BENCH_WARMUP seconds (1/0), BENCH_IDLE_CONNS (10000/500), BENCH_RSS_ROUNDS
-(3/1), BENCH_SHARE_REQUESTS (1000000/20000), BENCH_STICKY_USERS (2000/200),
+(3/1), BENCH_LAT_ROUNDS (=rounds/1), BENCH_SHARE_REQUESTS (1000000/20000), BENCH_STICKY_USERS (2000/200),
 BENCH_CONNS wrk/oha connections (50), BENCH_H2_CONNS x BENCH_H2_STREAMS h2load (10 x 10).
 EOF
 }
@@ -48,13 +48,13 @@ if [ "$MODE" = full ]; then
   ROUNDS=${BENCH_ROUNDS:-5}; DURATION=${BENCH_DURATION:-8}; WARMUP=${BENCH_WARMUP:-1}
   IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}; RSS_ROUNDS=${BENCH_RSS_ROUNDS:-3}
   SHARE_REQUESTS=${BENCH_SHARE_REQUESTS:-1000000}; STICKY_USERS=${BENCH_STICKY_USERS:-2000}
-  SHARE_MAX_SECONDS=150
+  SHARE_MAX_SECONDS=150; LAT_ROUNDS=${BENCH_LAT_ROUNDS:-$ROUNDS}
   OUT=${OUT:-$HERE/RESULTS.md}
 else
   ROUNDS=${BENCH_ROUNDS:-3}; DURATION=${BENCH_DURATION:-1}; WARMUP=${BENCH_WARMUP:-0}
   IDLE_CONNS=${BENCH_IDLE_CONNS:-500}; RSS_ROUNDS=${BENCH_RSS_ROUNDS:-1}
   SHARE_REQUESTS=${BENCH_SHARE_REQUESTS:-20000}; STICKY_USERS=${BENCH_STICKY_USERS:-200}
-  SHARE_MAX_SECONDS=20
+  SHARE_MAX_SECONDS=20; LAT_ROUNDS=${BENCH_LAT_ROUNDS:-1}
 fi
 CONNS=${BENCH_CONNS:-50}
 H2_CONNS=${BENCH_H2_CONNS:-10}
@@ -313,6 +313,19 @@ record() { # figure target round value
   printf '{"figure":"%s","target":"%s","round":%s,"value":%s}\n' "$1" "$2" "$3" "$4" >>"$RESULTS"
 }
 calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
+calc0() { awk "BEGIN { printf \"%.0f\", $1 }"; }
+# "cpuN busy total" jiffies of the proxy CPU and the load CPU (everyone's processes, not only ours)
+cpu_busy() {
+  awk -v a="cpu$PROXY_CPU" -v b="cpu$LOAD_CPU" '$1 == a || $1 == b {
+    busy = $2 + $3 + $4 + $7 + $8 + $9; printf "%s %d %d ", $1, busy, busy + $5 + $6 }' /proc/stat
+}
+busy_pct() { # before after -> busy % of the proxy CPU and of the load CPU between the two
+  awk -v x="$1" -v y="$2" -v a="cpu$PROXY_CPU" -v b="cpu$LOAD_CPU" 'BEGIN {
+    n = split(x, p, " "); for (i = 1; i <= n; i += 3) { B0[p[i]] = p[i + 1]; T0[p[i]] = p[i + 2] }
+    n = split(y, q, " "); for (i = 1; i <= n; i += 3) { B1[q[i]] = q[i + 1]; T1[q[i]] = q[i + 2] }
+    da = T1[a] - T0[a]; db = T1[b] - T0[b]
+    printf "%.1f %.1f\n", da ? 100 * (B1[a] - B0[a]) / da : 0, db ? 100 * (B1[b] - B0[b]) / db : 0 }'
+}
 
 rotated() { # round -> the targets, rotated so each target takes each position in turn
   local r=$1 n=${#TARGETS[@]} i
@@ -322,27 +335,37 @@ is_proxy() { [ "$1" != direct ]; }
 
 # ---------------------------------------------------------------- phases
 phase_throughput() { # round target
-  local r=$1 t=$2 out="$WORK/raw/h1-$2-$1.txt" url c0 c1 t0 t1 a0 a1 requests dur errors
+  local r=$1 t=$2 out="$WORK/raw/h1-$2-$1.txt" url c0 c1 t0 t1 a0 a1 s0 s1 b0 b1 requests dur errors wpid
   url="http://127.0.0.1:$(h1_port "$t")/"
   if [ "$WARMUP" != 0 ]; then
     taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" -s "$HERE/wrk-users.lua" "$url" -- "$r" 1000 >/dev/null
   fi
-  a0=$(backend_accepts); c0=$(cpu_ticks "$t"); t0=$(date +%s%N)
-  run_logged h1 "$t" "$r" -- taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$HERE/wrk-users.lua" "$url" -- "$r" 1000 >"$out" 2>&1 || true
-  t1=$(date +%s%N); c1=$(cpu_ticks "$t"); a1=$(backend_accepts)
+  local cmd=(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$HERE/wrk-users.lua" "$url" -- "$r" 1000)
+  logcmd h1 "$t" "$r" -- "${cmd[@]}"
+  c0=0; is_proxy "$t" && c0=$(cpu_ticks "$t"); s0=$(cpu_busy); t0=$(date +%s%N)
+  "${cmd[@]}" >"$out" 2>&1 &
+  wpid=$!
+  # steady state = the middle half of the run: no connection set-up or tear-down in it
+  sleep "$(calc "$DURATION / 4")"; a0=$(backend_accepts)
+  sleep "$(calc "$DURATION / 2")"; a1=$(backend_accepts)
+  wait "$wpid" || true
+  t1=$(date +%s%N); c1=0; is_proxy "$t" && c1=$(cpu_ticks "$t"); s1=$(cpu_busy)
   if ! read -r requests dur errors < <($PY "$HERE/report.py" parse-wrk "$out"); then
     hard_fail "h1 $t round $r: no wrk result ($(tail -2 "$out" | tr '\n' ' '))"; return
   fi
   [ "$requests" -gt 0 ] || { hard_fail "h1 $t round $r: no request served"; return; }
   record h1_rps "$t" "$r" "$(calc "$requests / $dur")"
   record h1_errors "$t" "$r" "$errors"
+  read -r b0 b1 < <(busy_pct "$s0" "$s1")
+  record h1_cpu0_busy "$t" "$r" "$b0"
+  record h1_cpu1_busy "$t" "$r" "$b1"
   if is_proxy "$t"; then
     record h1_cpu_us "$t" "$r" "$(calc "($c1 - $c0) * 1000000 / $CLK_TCK / $requests")"
     record h1_cpu_util "$t" "$r" "$(calc "($c1 - $c0) * 100 / $CLK_TCK / (($t1 - $t0) / 1e9)")"
     record h1_new_upstream "$t" "$r" "$((a1 - a0 - 2))"
   fi
   [ "$errors" -gt 0 ] && warn "h1 $t round $r: $errors errors / $requests requests"
-  log "  h1 $t: $(calc "$requests / $dur") req/s, $errors errors"
+  log "  h1 $t: $(calc0 "$requests / $dur") req/s, $errors errors; CPU0 ${b0%.*} % busy, CPU1 ${b1%.*} % busy"
 }
 
 phase_h2() { # round target
@@ -351,10 +374,10 @@ phase_h2() { # round target
   if [ "$WARMUP" != 0 ]; then
     taskset -c "$LOAD_CPU" h2load -t1 -c"$H2_CONNS" -m"$H2_STREAMS" -D "$WARMUP" -H "cookie: uid=$FIXED_UID" "$url" >/dev/null 2>&1 || true
   fi
-  c0=$(cpu_ticks "$t"); t0=$(date +%s%N)
+  c0=0; is_proxy "$t" && c0=$(cpu_ticks "$t"); t0=$(date +%s%N)
   run_logged h2 "$t" "$r" -- taskset -c "$LOAD_CPU" h2load -t1 -c"$H2_CONNS" -m"$H2_STREAMS" -D "$DURATION" \
     -H "cookie: uid=$FIXED_UID" "$url" >"$out" 2>&1 || true
-  t1=$(date +%s%N); c1=$(cpu_ticks "$t")
+  t1=$(date +%s%N); c1=0; is_proxy "$t" && c1=$(cpu_ticks "$t")
   if ! read -r ok dur failed < <($PY "$HERE/report.py" parse-h2load "$out"); then
     hard_fail "h2 $t round $r: no h2load result ($(grep -m2 -i 'error\|fail' "$out" | tr '\n' ' '))"; return
   fi
@@ -366,7 +389,7 @@ phase_h2() { # round target
     record h2_cpu_util "$t" "$r" "$(calc "($c1 - $c0) * 100 / $CLK_TCK / (($t1 - $t0) / 1e9)")"
   fi
   [ "$failed" -gt 0 ] && warn "h2 $t round $r: $failed failed requests"
-  log "  h2 $t: $(calc "$ok / $dur") req/s, $failed failed"
+  log "  h2 $t: $(calc0 "$ok / $dur") req/s, $failed failed"
 }
 
 phase_latency() { # round target rate
@@ -417,16 +440,25 @@ phase_share() { # target
   port=$(h1_port "$t")
   run_logged share "$t" 1 -- taskset -c "$LOAD_CPU" $PY "$HERE/sticky.py" record --port "$port" \
     --users "$STICKY_USERS" --out "$sticky.first"
-  run_logged share "$t" 1 -- taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${SHARE_MAX_SECONDS}s" -s "$HERE/wrk-share.lua" \
-    "http://127.0.0.1:$port/" -- "$SHARE_REQUESTS" 7 >"$out" 2>&1 || true
+  local cmd=(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${SHARE_MAX_SECONDS}s" -s "$HERE/wrk-share.lua"
+    "http://127.0.0.1:$port/" -- "$SHARE_REQUESTS" 7 "$out.done")
+  logcmd share "$t" 1 -- "${cmd[@]}"
+  "${cmd[@]}" >"$out" 2>&1 &
+  local wpid=$!
+  while kill -0 "$wpid" 2>/dev/null; do
+    [ -e "$out.done" ] && kill -INT "$wpid" 2>/dev/null
+    sleep 0.2
+  done
+  wait "$wpid" || true
   run_logged share "$t" 1 -- taskset -c "$LOAD_CPU" $PY "$HERE/sticky.py" verify --port "$port" --in "$sticky.first" \
     >"$sticky.verify" 2>&1 || true
   if read -r s c o dur < <($PY "$HERE/report.py" parse-share "$out") && [ $((s + c)) -gt 0 ]; then
     record share_requests "$t" 1 "$((s + c + o))"
     record share_canary_pct "$t" 1 "$(calc "$c * 100 / ($s + $c)")"
+    record share_rps "$t" 1 "$(calc "($s + $c + $o) / $dur")"
     record share_other "$t" 1 "$o"
     [ $((s + c)) -lt "$SHARE_REQUESTS" ] && warn "share $t: only $((s + c)) of $SHARE_REQUESTS requests answered within ${SHARE_MAX_SECONDS}s"
-    log "  share $t: $c canary of $((s + c)) ($(calc "$c * 100 / ($s + $c)") %), $o other"
+    log "  share $t: $c canary of $((s + c)) ($(calc "$c * 100 / ($s + $c)") %), $o other, in $(calc0 "$dur") s"
   else
     hard_fail "share $t: no wrk result ($(tail -2 "$out" | tr '\n' ' '))"
   fi
@@ -523,8 +555,8 @@ if [ "$HAVE_OHA" = 1 ]; then
   CAPACITY=$($PY "$HERE/report.py" capacity "$RESULTS")
   RATE=$(awk "BEGIN { printf \"%d\", $CAPACITY / 2 }")
   log "phase 2/4: latency with oha at $RATE req/s (50 % of the weakest proxy's $CAPACITY req/s)"
-  for ((r = 1; r <= ROUNDS; r++)); do
-    log " round $r/$ROUNDS"
+  for ((r = 1; r <= LAT_ROUNDS; r++)); do
+    log " round $r/$LAT_ROUNDS"
     for t in $(rotated "$r"); do phase_latency "$r" "$t" "$RATE"; done
   done
 else
@@ -581,6 +613,7 @@ ver() { "$@" 2>&1 | head -1 || true; }
   printf 'h2\t%s connections x %s streams\n' "$H2_CONNS" "$H2_STREAMS"
   printf 'idle_conns\t%s\n' "$IDLE_CONNS"
   printf 'rss_rounds\t%s\n' "$RSS_ROUNDS"
+  printf 'lat_rounds\t%s\n' "${LAT_ROUNDS}"
   printf 'share_requests\t%s\n' "$SHARE_REQUESTS"
   printf 'sticky_users\t%s\n' "$STICKY_USERS"
   printf 'rate\t%s\n' "${RATE:-}"

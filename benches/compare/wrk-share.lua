@@ -1,7 +1,8 @@
 -- wrk script for the canary-share figure: every request is a new user (a fresh random
 -- 32-hex uid cookie); responses are counted by the backend's `X-Variant` header, and
--- the thread stops itself after `target` responses (first script argument).
--- done() prints `SHAREJSON {...}`.
+-- after `target` responses (first script argument) the thread stops and creates the file
+-- named by the third argument, on which run.sh sends wrk SIGINT (wrk's main thread would
+-- otherwise sleep for the whole -d). done() prints `SHAREJSON {...}`.
 local threads = {}
 
 function setup(thread)
@@ -11,6 +12,7 @@ end
 function init(args)
   target = tonumber(args[1]) or 1000000
   math.randomseed(tonumber(args[2]) or os.time())
+  marker = args[3]
   stable, canary, other, responses = 0, 0, 0, 0
 end
 
@@ -34,6 +36,13 @@ function response(status, headers, body)
   responses = responses + 1
   if responses == target then
     wrk.thread:stop()
+    if marker then
+      local f = io.open(marker, "w")
+      if f then
+        f:write("done\n")
+        f:close()
+      end
+    end
   end
 end
 

@@ -2,15 +2,19 @@
 //! file and the clock through the pure state machine, then persists, audits and publishes
 //! a new routing table. All of this is control plane; the request path never waits on it.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use canary_config::{Config, Weight};
+use canary_config::{Config, PrometheusCheck, Weight};
+use canary_proxy::window::{self, WindowTotals};
 use canary_proxy::{split, ProxyMetrics, RoutingTable, TableHandle, Variant};
 
-use crate::rollout::{Action, Event, RolloutError};
+use crate::analysis::{self, PromReading, Verdict};
+use crate::metrics::ControlMetrics;
+use crate::rollout::{Action, Event, Phase, RolloutError};
 use crate::state::{describe, now_ms, now_rfc3339, AuditEntry, RouteState, StateError, StateStore};
-use crate::status::{RouteStatus, VariantStatus};
+use crate::status::{AnalysisStatus, RouteStatus, VariantStatus, WindowFigures};
 
 /// A change asked of one route.
 #[derive(Debug, Clone)]
@@ -78,6 +82,17 @@ pub enum CommandError {
 struct Inner {
     config: Config,
     store: StateStore,
+    /// The analysis's memory per route (not persisted: a restart judges afresh).
+    judged: HashMap<String, Judged>,
+}
+
+/// What the analysis remembers of a route between ticks.
+#[derive(Debug, Clone, Default)]
+struct Judged {
+    consecutive_failures: u32,
+    /// Since when every judgement passed (ms since the Unix epoch).
+    passing_since_ms: Option<u64>,
+    last: Option<AnalysisStatus>,
 }
 
 /// The control plane's single owner of route state.
@@ -85,21 +100,32 @@ pub struct Controller {
     inner: Mutex<Inner>,
     table: TableHandle,
     metrics: ProxyMetrics,
+    control_metrics: ControlMetrics,
+    /// Latest PromQL reading per route and when it was taken; written by the poller.
+    prometheus: Mutex<HashMap<String, (Instant, PromReading)>>,
 }
 
 impl Controller {
     /// Reconciles `store` with `config`, saves it, and builds the first table.
-    pub fn new(config: Config, mut store: StateStore, metrics: ProxyMetrics) -> anyhow::Result<(Self, TableHandle)> {
+    pub fn new(
+        config: Config,
+        mut store: StateStore,
+        metrics: ProxyMetrics,
+        control_metrics: ControlMetrics,
+    ) -> anyhow::Result<(Self, TableHandle)> {
         for entry in store.state.reconcile(&config) {
             store.state.record(entry);
         }
         store.save()?;
         let table = TableHandle::new(RoutingTable::build(&config, |r| store.state.live(r), None, &metrics)?);
         let controller = Self {
-            inner: Mutex::new(Inner { config, store }),
+            inner: Mutex::new(Inner { config, store, judged: HashMap::new() }),
             table: table.clone(),
             metrics,
+            control_metrics,
+            prometheus: Mutex::new(HashMap::new()),
         };
+        controller.publish_gauges(&controller.lock());
         Ok((controller, table))
     }
 
@@ -231,31 +257,35 @@ impl Controller {
         Ok(self.status_locked(inner, route).expect("route exists"))
     }
 
-    /// Advances timed rollouts whose interval has passed; `analysis_ok` says per route
-    /// whether the analysis passed over the whole interval.
-    pub fn tick(&self, analysis_ok: impl Fn(&str) -> bool) {
+    /// Once a second: judges every route with an analysis (aborting a failing canary),
+    /// then advances timed rollouts whose interval passed with the analysis passing.
+    pub fn tick(&self) {
         let mut inner = self.lock();
-        let mut changed = Vec::new();
-        for (name, state) in inner.store.state.routes.iter_mut() {
-            let from = describe(state);
-            let revision = state.revision;
-            if apply_event(
-                state,
-                Event::Tick {
-                    analysis_ok: analysis_ok(name),
-                },
-                None,
-            )
-            .is_ok()
-                && state.revision != revision
-            {
-                changed.push((name.clone(), from, describe(state)));
+        let now = now_ms();
+        let mut changed = false;
+        let aborts = self.judge_all(&mut inner, now);
+        for (route, rule, reason, webhook, status) in aborts {
+            changed = true;
+            self.abort_by_analysis(&mut inner, &route, rule, &reason, webhook, status);
+        }
+        let mut stepped = Vec::new();
+        let Inner { store, judged, config } = &mut *inner;
+        for (name, state) in store.state.routes.iter_mut() {
+            let analysis_ok = match config.routes.iter().find(|r| &r.name == name).and_then(|r| r.rollout.analysis.as_ref()) {
+                None => true,
+                // Passing since (about) the start of the step: over the whole interval.
+                Some(_) => judged
+                    .get(name)
+                    .and_then(|j| j.passing_since_ms)
+                    .is_some_and(|since| since <= state.rollout.step_started_ms + 1_500),
+            };
+            let (from, revision) = (describe(state), state.revision);
+            if apply_event(state, Event::Tick { analysis_ok }, None).is_ok() && state.revision != revision {
+                stepped.push((name.clone(), from, describe(state)));
             }
         }
-        if changed.is_empty() {
-            return;
-        }
-        for (route, from, to) in changed {
+        for (route, from, to) in stepped {
+            changed = true;
             inner.store.state.record(AuditEntry {
                 time: now_rfc3339(),
                 actor: "timer".into(),
@@ -267,17 +297,176 @@ impl Controller {
                 outcome: "applied".into(),
             });
         }
-        if let Err(e) = inner.store.save() {
-            tracing::error!(error = %e, "route state not saved after a timed step");
+        if changed {
+            if let Err(e) = inner.store.save() {
+                tracing::error!(error = %e, "route state not saved after a timed step or abort");
+            }
+            if let Err(e) = self.publish(&inner.config, &inner.store) {
+                tracing::error!(error = %e, "table not rebuilt after a timed step or abort");
+            }
         }
-        if let Err(e) = self.publish(&inner.config, &inner.store) {
-            tracing::error!(error = %e, "table not rebuilt after a timed step");
+        self.publish_gauges(&inner);
+    }
+
+    /// Judges each route; returns the routes to abort now.
+    #[allow(clippy::type_complexity)]
+    fn judge_all(
+        &self,
+        inner: &mut Inner,
+        now: u64,
+    ) -> Vec<(String, analysis::Rule, String, Option<String>, AnalysisStatus)> {
+        let table = self.table.load_full();
+        let second = window::now_second();
+        let readings = self.prometheus.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut aborts = Vec::new();
+        for route in &inner.config.routes {
+            let Some(a) = &route.rollout.analysis else { continue };
+            let Some(state) = inner.store.state.routes.get(&route.name) else { continue };
+            let judged = inner.judged.entry(route.name.clone()).or_default();
+            let totals = |v: Variant| {
+                table
+                    .route(&route.name)
+                    .and_then(|r| r.window(v))
+                    .map(|w| w.totals(second, a.window.as_secs()))
+                    .unwrap_or_default()
+            };
+            let (stable, canary) = (totals(Variant::Stable), totals(Variant::Canary));
+            let active = state.weight_ppm > 0
+                && state.weight() != Weight::FULL
+                && !matches!(state.rollout.phase, Phase::Aborted | Phase::Promoted);
+            let verdict = if !active {
+                None
+            } else {
+                let prom = match &a.prometheus {
+                    None => PromReading::NotConfigured,
+                    Some(check) => fresh_reading(readings.get(&route.name), check),
+                };
+                Some(analysis::judge(a, &stable, &canary, &prom))
+            };
+            let (name, reason) = match &verdict {
+                None => ("idle", None),
+                Some(Verdict::Pass) => ("pass", None),
+                Some(Verdict::Inconclusive(why)) => ("inconclusive", Some(why.clone())),
+                Some(Verdict::Fail(_, why)) => ("fail", Some(why.clone())),
+            };
+            match &verdict {
+                Some(Verdict::Pass) => {
+                    judged.consecutive_failures = 0;
+                    judged.passing_since_ms.get_or_insert(now);
+                }
+                Some(Verdict::Fail(..)) => {
+                    judged.consecutive_failures += 1;
+                    judged.passing_since_ms = None;
+                }
+                _ => {
+                    judged.consecutive_failures = 0;
+                    judged.passing_since_ms = None;
+                }
+            }
+            let status = AnalysisStatus {
+                verdict: name.into(),
+                reason,
+                consecutive_failures: judged.consecutive_failures,
+                window_seconds: a.window.as_secs(),
+                stable: figures(&stable),
+                canary: figures(&canary),
+            };
+            judged.last = Some(status.clone());
+            if let Some(Verdict::Fail(rule, why)) = verdict {
+                if judged.consecutive_failures >= a.failures_before_abort {
+                    aborts.push((route.name.clone(), rule, why, a.webhook.clone(), status));
+                }
+            }
+        }
+        aborts
+    }
+
+    fn abort_by_analysis(
+        &self,
+        inner: &mut Inner,
+        route: &str,
+        rule: analysis::Rule,
+        why: &str,
+        webhook: Option<String>,
+        status: AnalysisStatus,
+    ) {
+        let Some(state) = inner.store.state.routes.get_mut(route) else { return };
+        let from = describe(state);
+        let weight_before = state.weight().percent();
+        let reason = format!("analysis: {why}");
+        if apply_event(state, Event::Abort, Some(reason.clone())).is_err() {
+            return;
+        }
+        let to = describe(state);
+        tracing::warn!(route, rule = rule.as_str(), reason = %reason, "canary aborted by the analysis");
+        self.control_metrics.rollback(route, rule.as_str());
+        inner.judged.insert(route.to_string(), Judged::default());
+        inner.store.state.record(AuditEntry {
+            time: now_rfc3339(),
+            actor: "analysis".into(),
+            route: Some(route.into()),
+            action: "abort".into(),
+            from: Some(from),
+            to: Some(to),
+            reason: Some(reason.clone()),
+            outcome: "applied".into(),
+        });
+        if let Some(url) = webhook {
+            let body = serde_json::json!({
+                "event": "canary_aborted",
+                "route": route,
+                "rule": rule.as_str(),
+                "reason": reason,
+                "weight_before": weight_before,
+                "time": now_rfc3339(),
+                "analysis": status,
+            });
+            tokio::spawn(crate::outbound::post_webhook(url, body));
+        }
+    }
+
+    /// The Prometheus checks to poll: (route, check).
+    pub fn prometheus_checks(&self) -> Vec<(String, PrometheusCheck)> {
+        let inner = self.lock();
+        inner
+            .config
+            .routes
+            .iter()
+            .filter_map(|r| Some((r.name.clone(), r.rollout.analysis.as_ref()?.prometheus.clone()?)))
+            .collect()
+    }
+
+    /// Stores a PromQL reading for a route.
+    pub fn set_prometheus_reading(&self, route: &str, reading: PromReading) {
+        self.prometheus.lock().unwrap_or_else(|e| e.into_inner()).insert(route.into(), (Instant::now(), reading));
+    }
+
+    /// When a route's check last ran.
+    pub fn prometheus_read_at(&self, route: &str) -> Option<Instant> {
+        self.prometheus.lock().unwrap_or_else(|e| e.into_inner()).get(route).map(|(at, _)| *at)
+    }
+
+    fn publish_gauges(&self, inner: &Inner) {
+        let table = self.table.load_full();
+        for route in &inner.config.routes {
+            if let Some(state) = inner.store.state.routes.get(&route.name) {
+                self.control_metrics.route_state(&route.name, state.weight().percent() / 100.0, state.rollout.phase);
+            }
+            if let Some(r) = table.route(&route.name) {
+                for v in Variant::ALL {
+                    let (healthy, total) = r.healthy_endpoints(v);
+                    self.control_metrics.endpoints(&route.name, v.as_str(), healthy, total);
+                }
+            }
         }
     }
 
     fn publish(&self, config: &Config, store: &StateStore) -> anyhow::Result<()> {
         let previous = self.table.load_full();
         let table = RoutingTable::build(config, |r| store.state.live(r), Some(&previous), &self.metrics)?;
+        for gone in previous.routes().iter().filter(|r| table.route(r.name()).is_none()) {
+            self.control_metrics.forget_route(gone.name());
+        }
         self.table.store(table);
         Ok(())
     }
@@ -328,6 +517,11 @@ impl Controller {
             last_reason: state.last_reason.clone(),
             stable: variant(Variant::Stable, config.stable.endpoints.len()),
             canary: variant(Variant::Canary, config.canary.endpoints.len()),
+            analysis: config
+                .rollout
+                .analysis
+                .as_ref()
+                .map(|a| inner.judged.get(route).and_then(|j| j.last.clone()).unwrap_or_else(|| idle(a.window))),
         })
     }
 
@@ -375,4 +569,35 @@ fn apply_event(state: &mut RouteState, event: Event, reason: Option<String>) -> 
         state.last_reason = reason.or(state.last_reason.take());
     }
     Ok(())
+}
+
+/// A route's figures over the window, for the status.
+fn figures(t: &WindowTotals) -> WindowFigures {
+    WindowFigures {
+        requests: t.requests,
+        error_rate: t.error_rate() * 100.0,
+        p99_ms: t.quantile(0.99).map(|d| if d == Duration::MAX { f64::INFINITY } else { d.as_secs_f64() * 1000.0 }),
+    }
+}
+
+/// The status of an analysis that has not judged yet.
+fn idle(window: Duration) -> AnalysisStatus {
+    let empty = figures(&WindowTotals::default());
+    AnalysisStatus {
+        verdict: "idle".into(),
+        reason: None,
+        consecutive_failures: 0,
+        window_seconds: window.as_secs(),
+        stable: empty,
+        canary: empty,
+    }
+}
+
+/// A reading younger than three intervals, or "unavailable".
+fn fresh_reading(reading: Option<&(Instant, PromReading)>, check: &PrometheusCheck) -> PromReading {
+    match reading {
+        Some((at, r)) if at.elapsed() <= check.interval * 3 + Duration::from_secs(2) => r.clone(),
+        Some(_) => PromReading::Unavailable("no fresh reading".into()),
+        None => PromReading::Unavailable("not queried yet".into()),
+    }
 }

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod analysis;
 pub mod api;
 pub mod auth;
 pub mod client;
@@ -10,6 +11,7 @@ pub mod controller;
 pub mod demo;
 pub mod logging;
 pub mod metrics;
+pub mod outbound;
 pub mod reload;
 pub mod rollout;
 pub mod runtime;

@@ -64,7 +64,8 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         drain: config.timeouts.drain,
     };
     let (listen, admin_listen) = (config.listen.http, config.admin.listen);
-    let (controller, table) = Controller::new(config.clone(), store, proxy_metrics.clone())?;
+    let (controller, table) =
+        Controller::new(config.clone(), store, proxy_metrics.clone(), control_metrics.clone())?;
     let controller = Arc::new(controller);
     let proxy = Proxy::new(table, proxy_metrics, pool);
 
@@ -96,7 +97,8 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         serve_opts,
         stopped(stop_rx.clone()),
     ));
-    let timer_task = tokio::spawn(drive_timed_rollouts(controller.clone(), stop_rx.clone()));
+    let timer_task = tokio::spawn(drive_rollouts(controller.clone(), stop_rx.clone()));
+    let prometheus_task = tokio::spawn(poll_prometheus(controller.clone(), stop_rx.clone()));
     let reload_task = opts.file.map(|(path, text)| {
         let reloader = Reloader {
             hangup: signals.hangup.take().expect("SIGHUP stream taken once"),
@@ -117,6 +119,7 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     stop_tx.send_replace(true);
     proxy_task.await.context("proxy listener task")?;
     timer_task.await.context("rollout timer task")?;
+    prometheus_task.await.context("prometheus poller task")?;
     if let Some(t) = reload_task {
         t.await.context("reload task")?;
     }
@@ -126,14 +129,42 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every second, lets timed rollouts advance.
-async fn drive_timed_rollouts(controller: Arc<Controller>, mut stop: watch::Receiver<bool>) {
+/// The analysis tick: every second, judge canaries (aborting failing ones) and advance
+/// timed rollouts.
+async fn drive_rollouts(controller: Arc<Controller>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => controller.tick(|_| true),
+            _ = tick.tick() => controller.tick(),
             _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Runs each route's PromQL check once per its interval, off the analysis tick.
+async fn poll_prometheus(controller: Arc<Controller>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut running: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            Some(route) = done_rx.recv() => { running.remove(&route); continue; }
+            _ = stop.changed() => return,
+        }
+        for (route, check) in controller.prometheus_checks() {
+            let due = controller.prometheus_read_at(&route).is_none_or(|at| at.elapsed() >= check.interval);
+            if !due || !running.insert(route.clone()) {
+                continue;
+            }
+            let (controller, done) = (controller.clone(), done_tx.clone());
+            tokio::spawn(async move {
+                let reading = crate::outbound::query_prometheus(&check).await;
+                controller.set_prometheus_reading(&route, reading);
+                let _ = done.send(route);
+            });
         }
     }
 }

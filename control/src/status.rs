@@ -32,6 +32,36 @@ pub struct RouteStatus {
     pub stable: VariantStatus,
     /// Canary variant.
     pub canary: VariantStatus,
+    /// The last judgement of the analysis, when the route has one.
+    pub analysis: Option<AnalysisStatus>,
+}
+
+/// The analysis's last judgement and the window it judged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AnalysisStatus {
+    /// `pass`, `fail`, `inconclusive`, or `idle` (no canary traffic to judge).
+    pub verdict: String,
+    /// Why, with the numbers.
+    pub reason: Option<String>,
+    /// Failing judgements in a row.
+    pub consecutive_failures: u32,
+    /// The window judged, in seconds.
+    pub window_seconds: u64,
+    /// Stable's figures over the window.
+    pub stable: WindowFigures,
+    /// The canary's figures over the window.
+    pub canary: WindowFigures,
+}
+
+/// One variant's traffic over the analysis window.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WindowFigures {
+    /// Responses.
+    pub requests: u64,
+    /// 5xx share in percent.
+    pub error_rate: f64,
+    /// p99 time to response headers in milliseconds (bucket upper bound), if any traffic.
+    pub p99_ms: Option<f64>,
 }
 
 /// One variant's endpoints and request totals since the process started.
