@@ -3,7 +3,7 @@
 
 use std::hint::black_box;
 
-use canary_proxy::{split, LiveRoute, ProxyMetrics, RoutingTable};
+use canary_proxy::{split, LiveRoute, ProxyMetrics, RoutingTable, Variant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 /// A config with `n` routes: n/10 hosts with 10 path prefixes each.
@@ -34,11 +34,31 @@ fn lookup(c: &mut Criterion) {
     group.finish();
 }
 
+fn recording(c: &mut Criterion) {
+    // One route with an analysis window: counters + histogram + window, as every request records.
+    let yaml = "routes:\n  - name: app\n    stable: { endpoints: [\"127.0.0.1:1\"] }\n    rollout: { analysis: { window: 60s } }\n";
+    let config = canary_config::parse(yaml).unwrap();
+    let metrics = ProxyMetrics::register(&prometheus::Registry::new()).unwrap();
+    let table = RoutingTable::build(&config, LiveRoute::from_config, None, &metrics).unwrap();
+    let route = table.route("app").unwrap().clone();
+    let started = std::time::Instant::now();
+    c.bench_function("record_response", |b| {
+        b.iter(|| {
+            route.observe(
+                black_box(Variant::Canary),
+                black_box(http::StatusCode::OK),
+                false,
+                black_box(started),
+            )
+        })
+    });
+}
+
 fn decision(c: &mut Criterion) {
     c.bench_function("split_weighted_10pct", |b| {
         b.iter(|| split::weighted(black_box(100_000)))
     });
 }
 
-criterion_group!(benches, lookup, decision);
+criterion_group!(benches, lookup, decision, recording);
 criterion_main!(benches);

@@ -8,9 +8,12 @@ cd "$(dirname "$0")/.."
 # Tools the tests call. With CI=true a missing tool that cannot be installed fails the run.
 need=()
 command -v cargo >/dev/null || { echo "cargo is required (rustup)" >&2; exit 1; }
+# promtool checks /metrics; prometheus is the real server the PromQL analysis is tested against.
+command -v prometheus >/dev/null && command -v promtool >/dev/null || need+=(prometheus)
+command -v python3 >/dev/null || need+=(python3 python3-pip)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   else
     echo "missing: ${need[*]} (install them, or run as root)" >&2
     exit 1

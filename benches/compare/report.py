@@ -28,6 +28,9 @@ FIGURES = {
     "h2_rps": ("HTTP/2 h2c requests/s at saturation (h2load)", "req/s", 0, "higher"),
     "h1_cpu_us": ("CPU per request, HTTP/1.1 (proxy utime+stime / requests)", "µs", 2, "lower"),
     "h2_cpu_us": ("CPU per request, h2c", "µs", 2, "lower"),
+    "h1_per_core": ("HTTP/1.1 requests/s per fully busy core (1e6 / CPU µs per request; robust to other load)",
+                    "req/s", 0, "higher"),
+    "h2_per_core": ("h2c requests/s per fully busy core (1e6 / CPU µs per request)", "req/s", 0, "higher"),
     "h1_cpu_util": ("Proxy CPU use during the HTTP/1.1 run (100 = one core busy)", "%", 0, None),
     "h2_cpu_util": ("Proxy CPU use during the h2c run", "%", 0, None),
     "h1_cpu0_busy": ("CPU 0 (the proxy's) busy during the HTTP/1.1 run, all processes of the machine", "%", 0, None),
@@ -41,7 +44,7 @@ FIGURES = {
     "rss_per_conn_kib": ("RSS growth per idle keep-alive connection", "KiB", 2, "lower"),
     "h1_new_upstream": ("New upstream connections opened during a steady-state HTTP/1.1 run", "", 0, "lower"),
     "share_canary_pct": ("Canary share over new users (random uid per request)", "%", 3, None),
-    "share_error_pp": ("Canary share error |share - 10 %|", "pp", 3, "lower"),
+    "share_error_pp": ("Canary share error, abs(share − 10 %)", "pp", 3, "lower"),
     "share_rps": ("Requests/s of the share run (wrk, a new random uid per request)", "req/s", 0, None),
     "sticky_pct": ("Stickiness: users who got the same variant again", "%", 2, "higher"),
     "h1_errors": ("Errors (socket errors + status >= 400) in the HTTP/1.1 runs", "", 0, "lower"),
@@ -51,7 +54,7 @@ FIGURES = {
     "share_other": ("Share-run responses without a 200 and a variant", "", 0, "lower"),
     "sticky_failed": ("Stickiness requests that failed", "", 0, "lower"),
 }
-SUMMARY = ["h1_rps", "h2_rps", "h1_cpu_us", "h2_cpu_us", "added_p50_ms", "added_p99_ms", "rss_idle_kib",
+SUMMARY = ["h1_rps", "h2_rps", "h1_cpu_us", "h2_cpu_us", "h1_per_core", "h2_per_core", "h1_cpu_util", "added_p50_ms", "added_p99_ms", "rss_idle_kib",
            "rss_per_conn_kib", "h1_new_upstream", "share_error_pp", "sticky_pct"]
 
 
@@ -134,6 +137,11 @@ def load_results(path):
             for rnd, v in rounds.items():
                 if rnd in direct:
                     data["added_%s_ms" % q][t][rnd] = v - direct[rnd]
+    for proto in ("h1", "h2"):
+        for t, rounds in data.get("%s_cpu_us" % proto, {}).items():
+            for rnd, v in rounds.items():
+                if v > 0:
+                    data["%s_per_core" % proto][t][rnd] = 1e6 / v
     for t, rounds in data.get("share_canary_pct", {}).items():
         for rnd, v in rounds.items():
             data["share_error_pp"][t][rnd] = abs(v - SHARE_EXPECTED)
@@ -248,6 +256,13 @@ def render(args):
       % (meta.get("rounds", "?"), meta.get("lat_rounds", "?"), meta.get("rss_rounds", "?")))
     w("")
 
+    others = med(data, "h1_cpu0_busy", "direct")
+    if others is not None and others > 10:
+        w("> **The machine was not quiet**: during the direct runs, when nothing of the benchmark runs on CPU 0, "
+          "other processes kept CPU 0 %.0f %% busy (median). The proxies then got only part of their core (see "
+          "*Proxy CPU use*), so requests/s and latency are understated and noisy; CPU per request and "
+          "requests/s per busy core are the figures to trust." % others)
+        w("")
     w("## Summary (medians)")
     w("")
     head = ["figure"] + [LABEL[t] for t in targets] + ["canaryd / nginx", "canaryd / HAProxy"]
@@ -333,13 +348,12 @@ def render(args):
     seen = set()
     for line in open(args.commands):
         phase, target, rnd, cmd = line.rstrip("\n").split("\t", 3)
-        cmd = cmd.replace(args.work, "$WORK").replace(here + "/", "benches/compare/")
-        key = (phase, target)
-        if rnd not in ("0", "1") or key in seen:
+        cmd = cmd.replace(args.work, "$WORK").replace(here + "/", "benches/compare/").strip()
+        if rnd not in ("0", "1") or cmd in seen:
             continue
-        seen.add(key)
+        seen.add(cmd)
         w("# %s, %s" % (phase, target))
-        w(cmd.strip())
+        w(cmd)
     w("```")
     w("")
     w("The per-round values are in the `.jsonl` file next to this report.")

@@ -131,7 +131,7 @@ ensure_tools() {
 build_canaryd() {
   if [ -n "${CANARYD_BIN:-}" ]; then
     [ -x "$CANARYD_BIN" ] || die "CANARYD_BIN=$CANARYD_BIN is not an executable"
-    CANARYD_LABEL="${CANARYD_REV:-unknown rev} (prebuilt: $CANARYD_BIN)"
+    CANARYD_LABEL="${CANARYD_REV:-unknown} (prebuilt: $CANARYD_BIN)"
     return
   fi
   command -v cargo >/dev/null || die "cargo is required to build canaryd (or set CANARYD_BIN)"

@@ -67,7 +67,10 @@ pub fn judge(a: &Analysis, stable: &WindowTotals, canary: &WindowTotals, prom: &
     let window = humantime::format_duration(a.window);
     let mut inconclusive: Option<String> = None;
     if canary.requests < a.min_requests {
-        inconclusive = Some(format!("canary had {} of the {} requests needed in {window}", canary.requests, a.min_requests));
+        inconclusive = Some(format!(
+            "canary had {} of the {} requests needed in {window}",
+            canary.requests, a.min_requests
+        ));
     } else {
         let canary_pct = canary.error_rate() * 100.0;
         if let Some(max) = a.max_error_rate {
@@ -101,7 +104,11 @@ pub fn judge(a: &Analysis, stable: &WindowTotals, canary: &WindowTotals, prom: &
                 if p99 > max {
                     return Verdict::Fail(
                         Rule::Latency,
-                        format!("canary p99 {} > {} over {window}", show_latency(p99), humantime::format_duration(max)),
+                        format!(
+                            "canary p99 {} > {} over {window}",
+                            show_latency(p99),
+                            humantime::format_duration(max)
+                        ),
                     );
                 }
             }
@@ -160,7 +167,8 @@ fn p_value_increase_above(canary: &WindowTotals, stable: &WindowTotals, margin: 
 fn normal_cdf(z: f64) -> f64 {
     let x = z.abs() / std::f64::consts::SQRT_2;
     let t = 1.0 / (1.0 + 0.327_591_1 * x);
-    let poly = t * (0.254_829_592 + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let poly =
+        t * (0.254_829_592 + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
     let erf = 1.0 - poly * (-x * x).exp();
     if z >= 0.0 {
         0.5 * (1.0 + erf)
@@ -194,8 +202,15 @@ mod tests {
     #[test]
     fn failing_canary_fails_with_numbers() {
         let a = analysis("{ max_error_rate: 5 }");
-        match judge(&a, &totals(900, 0, 5), &totals(100, 100, 5), &PromReading::NotConfigured) {
-            Verdict::Fail(Rule::ErrorRate, why) => assert_eq!(why, "canary 5xx 100.00 % > 5 % over 1m (100 of 100 requests)"),
+        match judge(
+            &a,
+            &totals(900, 0, 5),
+            &totals(100, 100, 5),
+            &PromReading::NotConfigured,
+        ) {
+            Verdict::Fail(Rule::ErrorRate, why) => {
+                assert_eq!(why, "canary 5xx 100.00 % > 5 % over 1m (100 of 100 requests)")
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -203,15 +218,31 @@ mod tests {
     #[test]
     fn one_percent_under_a_five_percent_threshold_passes() {
         let a = analysis("{ max_error_rate: 5 }");
-        assert_eq!(judge(&a, &totals(900, 0, 5), &totals(100, 1, 5), &PromReading::NotConfigured), Verdict::Pass);
+        assert_eq!(
+            judge(&a, &totals(900, 0, 5), &totals(100, 1, 5), &PromReading::NotConfigured),
+            Verdict::Pass
+        );
     }
 
     #[test]
     fn stable_failing_too_is_not_the_canarys_fault() {
         let a = analysis("{ max_error_rate: 50, max_error_rate_increase: 2 }");
-        assert_eq!(judge(&a, &totals(900, 270, 5), &totals(100, 30, 5), &PromReading::NotConfigured), Verdict::Pass);
+        assert_eq!(
+            judge(
+                &a,
+                &totals(900, 270, 5),
+                &totals(100, 30, 5),
+                &PromReading::NotConfigured
+            ),
+            Verdict::Pass
+        );
         assert!(matches!(
-            judge(&a, &totals(900, 90, 5), &totals(100, 30, 5), &PromReading::NotConfigured),
+            judge(
+                &a,
+                &totals(900, 90, 5),
+                &totals(100, 30, 5),
+                &PromReading::NotConfigured
+            ),
             Verdict::Fail(Rule::ErrorRateIncrease, _)
         ));
     }
@@ -220,9 +251,17 @@ mod tests {
     fn significance_spares_a_handful_of_errors() {
         let a = analysis("{ max_error_rate: 100, max_error_rate_increase: 2, significance: 0.05, min_requests: 10 }");
         // 2 of 20 (10 %) against 0 of 2000 would fail the bare rule, but is not significant.
-        assert_eq!(judge(&a, &totals(2000, 0, 5), &totals(20, 2, 5), &PromReading::NotConfigured), Verdict::Pass);
+        assert_eq!(
+            judge(&a, &totals(2000, 0, 5), &totals(20, 2, 5), &PromReading::NotConfigured),
+            Verdict::Pass
+        );
         assert!(matches!(
-            judge(&a, &totals(2000, 0, 5), &totals(400, 40, 5), &PromReading::NotConfigured),
+            judge(
+                &a,
+                &totals(2000, 0, 5),
+                &totals(400, 40, 5),
+                &PromReading::NotConfigured
+            ),
             Verdict::Fail(Rule::ErrorRateIncrease, _)
         ));
     }
@@ -231,26 +270,48 @@ mod tests {
     fn quiet_canary_is_inconclusive() {
         let a = analysis("{ min_requests: 50 }");
         let v = judge(&a, &totals(900, 0, 5), &totals(10, 10, 5), &PromReading::NotConfigured);
-        assert_eq!(v, Verdict::Inconclusive("canary had 10 of the 50 requests needed in 1m".into()));
+        assert_eq!(
+            v,
+            Verdict::Inconclusive("canary had 10 of the 50 requests needed in 1m".into())
+        );
     }
 
     #[test]
     fn slow_canary_fails_the_latency_rule() {
         let a = analysis("{ max_latency_p99: 500ms }");
-        match judge(&a, &totals(900, 0, 5), &totals(100, 0, 800), &PromReading::NotConfigured) {
+        match judge(
+            &a,
+            &totals(900, 0, 5),
+            &totals(100, 0, 800),
+            &PromReading::NotConfigured,
+        ) {
             Verdict::Fail(Rule::Latency, why) => assert_eq!(why, "canary p99 1 s > 500ms over 1m"),
             other => panic!("{other:?}"),
         }
-        assert_eq!(judge(&a, &totals(900, 0, 5), &totals(100, 0, 300), &PromReading::NotConfigured), Verdict::Pass);
+        assert_eq!(
+            judge(
+                &a,
+                &totals(900, 0, 5),
+                &totals(100, 0, 300),
+                &PromReading::NotConfigured
+            ),
+            Verdict::Pass
+        );
     }
 
     #[test]
     fn prometheus_bounds_and_unavailability() {
         let a = analysis("{ prometheus: { url: \"http://127.0.0.1:9\", query: \"x\", max: 0.05 } }");
         let (s, c) = (totals(900, 0, 5), totals(100, 0, 5));
-        assert!(matches!(judge(&a, &s, &c, &PromReading::Value(0.5)), Verdict::Fail(Rule::Prometheus, _)));
+        assert!(matches!(
+            judge(&a, &s, &c, &PromReading::Value(0.5)),
+            Verdict::Fail(Rule::Prometheus, _)
+        ));
         assert_eq!(judge(&a, &s, &c, &PromReading::Value(0.01)), Verdict::Pass);
-        assert!(matches!(judge(&a, &s, &c, &PromReading::Unavailable("down".into())), Verdict::Inconclusive(_)));
+        assert!(matches!(
+            judge(&a, &s, &c, &PromReading::Unavailable("down".into())),
+            Verdict::Inconclusive(_)
+        ));
     }
 
     #[test]

@@ -119,7 +119,11 @@ impl Controller {
         store.save()?;
         let table = TableHandle::new(RoutingTable::build(&config, |r| store.state.live(r), None, &metrics)?);
         let controller = Self {
-            inner: Mutex::new(Inner { config, store, judged: HashMap::new() }),
+            inner: Mutex::new(Inner {
+                config,
+                store,
+                judged: HashMap::new(),
+            }),
             table: table.clone(),
             metrics,
             control_metrics,
@@ -271,7 +275,12 @@ impl Controller {
         let mut stepped = Vec::new();
         let Inner { store, judged, config } = &mut *inner;
         for (name, state) in store.state.routes.iter_mut() {
-            let analysis_ok = match config.routes.iter().find(|r| &r.name == name).and_then(|r| r.rollout.analysis.as_ref()) {
+            let analysis_ok = match config
+                .routes
+                .iter()
+                .find(|r| &r.name == name)
+                .and_then(|r| r.rollout.analysis.as_ref())
+            {
                 None => true,
                 // Passing since (about) the start of the step: over the whole interval.
                 Some(_) => judged
@@ -321,7 +330,9 @@ impl Controller {
         let mut aborts = Vec::new();
         for route in &inner.config.routes {
             let Some(a) = &route.rollout.analysis else { continue };
-            let Some(state) = inner.store.state.routes.get(&route.name) else { continue };
+            let Some(state) = inner.store.state.routes.get(&route.name) else {
+                continue;
+            };
             let judged = inner.judged.entry(route.name.clone()).or_default();
             let totals = |v: Variant| {
                 table
@@ -390,7 +401,9 @@ impl Controller {
         webhook: Option<String>,
         status: AnalysisStatus,
     ) {
-        let Some(state) = inner.store.state.routes.get_mut(route) else { return };
+        let Some(state) = inner.store.state.routes.get_mut(route) else {
+            return;
+        };
         let from = describe(state);
         let weight_before = state.weight().percent();
         let reason = format!("analysis: {why}");
@@ -438,19 +451,27 @@ impl Controller {
 
     /// Stores a PromQL reading for a route.
     pub fn set_prometheus_reading(&self, route: &str, reading: PromReading) {
-        self.prometheus.lock().unwrap_or_else(|e| e.into_inner()).insert(route.into(), (Instant::now(), reading));
+        self.prometheus
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(route.into(), (Instant::now(), reading));
     }
 
     /// When a route's check last ran.
     pub fn prometheus_read_at(&self, route: &str) -> Option<Instant> {
-        self.prometheus.lock().unwrap_or_else(|e| e.into_inner()).get(route).map(|(at, _)| *at)
+        self.prometheus
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(route)
+            .map(|(at, _)| *at)
     }
 
     fn publish_gauges(&self, inner: &Inner) {
         let table = self.table.load_full();
         for route in &inner.config.routes {
             if let Some(state) = inner.store.state.routes.get(&route.name) {
-                self.control_metrics.route_state(&route.name, state.weight().percent() / 100.0, state.rollout.phase);
+                self.control_metrics
+                    .route_state(&route.name, state.weight().percent() / 100.0, state.rollout.phase);
             }
             if let Some(r) = table.route(&route.name) {
                 for v in Variant::ALL {
@@ -517,11 +538,13 @@ impl Controller {
             last_reason: state.last_reason.clone(),
             stable: variant(Variant::Stable, config.stable.endpoints.len()),
             canary: variant(Variant::Canary, config.canary.endpoints.len()),
-            analysis: config
-                .rollout
-                .analysis
-                .as_ref()
-                .map(|a| inner.judged.get(route).and_then(|j| j.last.clone()).unwrap_or_else(|| idle(a.window))),
+            analysis: config.rollout.analysis.as_ref().map(|a| {
+                inner
+                    .judged
+                    .get(route)
+                    .and_then(|j| j.last.clone())
+                    .unwrap_or_else(|| idle(a.window))
+            }),
         })
     }
 
@@ -576,7 +599,13 @@ fn figures(t: &WindowTotals) -> WindowFigures {
     WindowFigures {
         requests: t.requests,
         error_rate: t.error_rate() * 100.0,
-        p99_ms: t.quantile(0.99).map(|d| if d == Duration::MAX { f64::INFINITY } else { d.as_secs_f64() * 1000.0 }),
+        p99_ms: t.quantile(0.99).map(|d| {
+            if d == Duration::MAX {
+                f64::INFINITY
+            } else {
+                d.as_secs_f64() * 1000.0
+            }
+        }),
     }
 }
 

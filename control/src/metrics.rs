@@ -30,19 +30,31 @@ impl ControlMetrics {
             "1 when the last reload attempt applied, 0 when it was refused (the previous config keeps serving).",
         )?;
         let weight = GaugeVec::new(
-            Opts::new("canaryd_canary_weight_ratio", "Share of requests (or users) sent to the canary, 0 to 1."),
+            Opts::new(
+                "canaryd_canary_weight_ratio",
+                "Share of requests (or users) sent to the canary, 0 to 1.",
+            ),
             &["route"],
         )?;
         let phase = IntGaugeVec::new(
-            Opts::new("canaryd_rollout_phase", "1 for the route's current rollout phase, 0 for the others."),
+            Opts::new(
+                "canaryd_rollout_phase",
+                "1 for the route's current rollout phase, 0 for the others.",
+            ),
             &["route", "phase"],
         )?;
         let rollbacks = IntCounterVec::new(
-            Opts::new("canaryd_rollbacks_total", "Automatic aborts by the analysis, by the rule that failed."),
+            Opts::new(
+                "canaryd_rollbacks_total",
+                "Automatic aborts by the analysis, by the rule that failed.",
+            ),
             &["route", "reason"],
         )?;
         let endpoints = IntGaugeVec::new(
-            Opts::new("canaryd_endpoints", "Endpoints per route and variant; state is healthy or cooling (skipped after connect failures)."),
+            Opts::new(
+                "canaryd_endpoints",
+                "Endpoints per route and variant; state is healthy or cooling (skipped after connect failures).",
+            ),
             &["route", "variant", "state"],
         )?;
         registry.register(Box::new(weight.clone()))?;
@@ -55,7 +67,14 @@ impl ControlMetrics {
         // Both label values exist from the start so rate() works before the first reload.
         reloads.with_label_values(&["success"]);
         reloads.with_label_values(&["failure"]);
-        Ok(Self { reloads, last_reload_ok, weight, phase, rollbacks, endpoints })
+        Ok(Self {
+            reloads,
+            last_reload_ok,
+            weight,
+            phase,
+            rollbacks,
+            endpoints,
+        })
     }
 
     /// Records one reload attempt.
@@ -72,7 +91,9 @@ impl ControlMetrics {
     pub fn route_state(&self, route: &str, weight_ratio: f64, phase: Phase) {
         self.weight.with_label_values(&[route]).set(weight_ratio);
         for p in Phase::ALL {
-            self.phase.with_label_values(&[route, p.as_str()]).set(i64::from(p == phase));
+            self.phase
+                .with_label_values(&[route, p.as_str()])
+                .set(i64::from(p == phase));
         }
     }
 
@@ -83,8 +104,12 @@ impl ControlMetrics {
 
     /// Publishes endpoint counts of a route's variant.
     pub fn endpoints(&self, route: &str, variant: &str, healthy: usize, total: usize) {
-        self.endpoints.with_label_values(&[route, variant, "healthy"]).set(healthy as i64);
-        self.endpoints.with_label_values(&[route, variant, "cooling"]).set((total - healthy) as i64);
+        self.endpoints
+            .with_label_values(&[route, variant, "healthy"])
+            .set(healthy as i64);
+        self.endpoints
+            .with_label_values(&[route, variant, "cooling"])
+            .set((total - healthy) as i64);
     }
 
     /// Drops the series of routes no longer configured (an absent series is fine).

@@ -28,7 +28,9 @@ async fn send(req: Request<Full<Bytes>>, timeout: Duration) -> Result<(http::Sta
         let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
         Ok((status, body))
     };
-    tokio::time::timeout(timeout, call).await.map_err(|_| format!("no answer within {timeout:?}"))?
+    tokio::time::timeout(timeout, call)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
 }
 
 /// Runs the check's instant query; anything but one finite sample is unavailable.

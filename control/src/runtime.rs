@@ -64,8 +64,7 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         drain: config.timeouts.drain,
     };
     let (listen, admin_listen) = (config.listen.http, config.admin.listen);
-    let (controller, table) =
-        Controller::new(config.clone(), store, proxy_metrics.clone(), control_metrics.clone())?;
+    let (controller, table) = Controller::new(config.clone(), store, proxy_metrics.clone(), control_metrics.clone())?;
     let controller = Arc::new(controller);
     let proxy = Proxy::new(table, proxy_metrics, pool);
 
@@ -155,7 +154,9 @@ async fn poll_prometheus(controller: Arc<Controller>, mut stop: watch::Receiver<
             _ = stop.changed() => return,
         }
         for (route, check) in controller.prometheus_checks() {
-            let due = controller.prometheus_read_at(&route).is_none_or(|at| at.elapsed() >= check.interval);
+            let due = controller
+                .prometheus_read_at(&route)
+                .is_none_or(|at| at.elapsed() >= check.interval);
             if !due || !running.insert(route.clone()) {
                 continue;
             }

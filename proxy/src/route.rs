@@ -69,7 +69,7 @@ impl Route {
 
     /// Records a finished exchange: counters, latency histogram and window (atomics only).
     #[inline]
-    pub(crate) fn observe(&self, variant: Variant, status: http::StatusCode, upstream_error: bool, started: Instant) {
+    pub fn observe(&self, variant: Variant, status: http::StatusCode, upstream_error: bool, started: Instant) {
         let latency = started.elapsed();
         self.metrics.response(variant, status);
         self.metrics.duration(variant, latency.as_secs_f64());

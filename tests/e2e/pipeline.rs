@@ -155,6 +155,15 @@ async fn timed_rollout_advances_by_itself_and_wait_returns() {
         Client::new().get(proxy.addr, "app", "/").await.unwrap().backend(),
         Some("canary")
     );
+    // watch prints a live line per second.
+    let out = ctl(&["watch", "app", "--count", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        text.lines().all(|l| l.starts_with("app  weight     100%  Promoted")),
+        "{text}"
+    );
     // Waiting for a phase that does not come times out with a failure.
     let out = ctl(&["wait", "app", "--phase", "Paused", "--timeout", "1s"]);
     assert!(!out.status.success());

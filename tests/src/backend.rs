@@ -7,8 +7,9 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -39,12 +40,24 @@ pub struct Backend {
     headers: Vec<(String, String)>,
 }
 
+/// What a running backend can be told to do differently, and what it noticed.
+#[derive(Debug, Default)]
+struct Live {
+    /// Status of every response, changeable while running.
+    status: AtomicU16,
+    /// With N > 0, every Nth response is a 500.
+    fail_every: AtomicU64,
+    served: AtomicU64,
+    first_error: Mutex<Option<Instant>>,
+}
+
 /// A running backend; stops when dropped.
 pub struct BackendHandle {
     /// Its address.
     pub addr: SocketAddr,
     /// Every request it received.
     pub received: Arc<Mutex<Vec<Recorded>>>,
+    live: Arc<Live>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -52,6 +65,21 @@ impl BackendHandle {
     /// `ip:port` for a config file.
     pub fn endpoint(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// Answers every later request with `status`.
+    pub fn set_status(&self, status: u16) {
+        self.live.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Makes every `n`th response a 500 (0: none).
+    pub fn fail_every(&self, n: u64) {
+        self.live.fail_every.store(n, Ordering::SeqCst);
+    }
+
+    /// When the first 5xx response was sent.
+    pub fn first_error_at(&self) -> Option<Instant> {
+        *self.live.first_error.lock().unwrap()
     }
 
     /// How many requests arrived.
@@ -111,7 +139,11 @@ impl Backend {
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let rec = received.clone();
-        let this = Arc::new(self);
+        let live = Arc::new(Live {
+            status: AtomicU16::new(self.status),
+            ..Live::default()
+        });
+        let this = Arc::new((self, live.clone()));
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -121,7 +153,7 @@ impl Backend {
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let (this, rec) = (this.clone(), rec.clone());
-                        async move { Ok::<_, Infallible>(this.respond(req, &rec).await) }
+                        async move { Ok::<_, Infallible>(this.0.respond(req, &rec, &this.1).await) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -129,10 +161,15 @@ impl Backend {
                 });
             }
         });
-        BackendHandle { addr, received, task }
+        BackendHandle {
+            addr,
+            received,
+            live,
+            task,
+        }
     }
 
-    async fn respond(&self, req: Request<Incoming>, rec: &Mutex<Vec<Recorded>>) -> Response<Body> {
+    async fn respond(&self, req: Request<Incoming>, rec: &Mutex<Vec<Recorded>>, live: &Live) -> Response<Body> {
         let target = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
         rec.lock().unwrap().push(Recorded {
             method: req.method().clone(),
@@ -171,8 +208,18 @@ impl Backend {
         } else {
             http_body_util::Either::Left(Full::new(Bytes::from(self.name.clone())))
         };
+        let n = live.served.fetch_add(1, Ordering::SeqCst) + 1;
+        let every = live.fail_every.load(Ordering::SeqCst);
+        let status = if every > 0 && n % every == 0 {
+            500
+        } else {
+            live.status.load(Ordering::SeqCst)
+        };
+        if status >= 500 {
+            live.first_error.lock().unwrap().get_or_insert_with(Instant::now);
+        }
         let mut resp = Response::new(body);
-        *resp.status_mut() = StatusCode::from_u16(self.status).unwrap();
+        *resp.status_mut() = StatusCode::from_u16(status).unwrap();
         resp.headers_mut().insert("x-backend", self.name.parse().unwrap());
         for (k, v) in &self.headers {
             resp.headers_mut()

@@ -262,14 +262,19 @@ async fn watch(api: &ApiClient, route: &str, count: Option<u64>, out: Output) ->
             rate(now.canary.server_errors, previous.canary.server_errors),
         );
         let pct = |e: u64, r: u64| if r == 0 { 0.0 } else { e as f64 * 100.0 / r as f64 };
+        let verdict = now.analysis.as_ref().map_or("off".to_string(), |a| match &a.reason {
+            Some(why) => format!("{} ({why})", a.verdict),
+            None => a.verdict.clone(),
+        });
         match out {
             Output::Json => println!(
                 "{}",
                 serde_json::json!({"route": route, "weight": now.weight, "phase": now.phase,
-                    "stable": {"rps": sr, "error_rate": pct(se, sr)}, "canary": {"rps": cr, "error_rate": pct(ce, cr)}})
+                    "stable": {"rps": sr, "error_rate": pct(se, sr)}, "canary": {"rps": cr, "error_rate": pct(ce, cr)},
+                    "analysis": now.analysis})
             ),
             Output::Human => println!(
-                "{route}  weight {:>7}%  {:<11}  stable {:>6} req/s {:>6.2}% 5xx   canary {:>6} req/s {:>6.2}% 5xx",
+                "{route}  weight {:>7}%  {:<11}  stable {:>6} req/s {:>6.2}% 5xx   canary {:>6} req/s {:>6.2}% 5xx   analysis {verdict}",
                 now.weight,
                 now.phase.as_str(),
                 sr,
