@@ -11,6 +11,9 @@ command -v cargo >/dev/null || { echo "cargo is required (rustup)" >&2; exit 1; 
 # promtool checks /metrics; prometheus is the real server the PromQL analysis is tested against.
 command -v prometheus >/dev/null && command -v promtool >/dev/null || need+=(prometheus)
 command -v python3 >/dev/null || need+=(python3 python3-pip)
+# curl and h2load are the real clients of the TLS tests (ALPN h2 included).
+command -v curl >/dev/null || need+=(curl)
+command -v h2load >/dev/null || need+=(nghttp2-client)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

@@ -11,8 +11,8 @@ mod weight;
 
 pub use error::{ConfigError, FieldError};
 pub use model::{
-    Admin, Affinity, AffinityKey, Analysis, Backend, Config, Endpoint, HostPattern, Listen, Overrides, PassiveHealth,
-    PrometheusCheck, Route, State, Timeouts,
+    Admin, Affinity, AffinityKey, Analysis, Backend, CertificateFiles, Config, Endpoint, HostPattern, Hsts, Listen,
+    Overrides, PassiveHealth, PrometheusCheck, Route, State, Timeouts, Tls,
 };
 pub use weight::{Weight, WeightError};
 

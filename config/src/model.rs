@@ -18,6 +18,8 @@ pub struct Config {
     pub passive_health: PassiveHealth,
     /// Standalone-mode state persistence.
     pub state: State,
+    /// TLS termination.
+    pub tls: Tls,
     /// Peers whose `X-Forwarded-For` / `Forwarded` are believed for `client_ip` affinity.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// One log line per request at info level.
@@ -31,6 +33,37 @@ pub struct Config {
 pub struct Listen {
     /// HTTP/1.1 and h2c.
     pub http: SocketAddr,
+    /// HTTPS (TLS 1.2/1.3, ALPN h2 and http/1.1); needs `tls.certificates`.
+    pub https: Option<SocketAddr>,
+}
+
+/// TLS termination settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tls {
+    /// Certificates, chosen by SNI.
+    pub certificates: Vec<CertificateFiles>,
+    /// Refuse handshakes whose SNI matches no certificate (else the first certificate answers).
+    pub reject_unknown_sni: bool,
+}
+
+/// A PEM certificate chain and key, for some hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    /// Hosts (exact or `*.` wildcard) this certificate answers for.
+    pub hosts: Vec<HostPattern>,
+    /// PEM chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+}
+
+/// `Strict-Transport-Security` for responses over TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hsts {
+    /// `max-age`.
+    pub max_age: Duration,
+    /// `includeSubDomains`.
+    pub include_subdomains: bool,
 }
 
 /// Where standalone mode keeps its live state.
@@ -98,6 +131,10 @@ pub struct Route {
     pub expose_variant: bool,
     /// The rollout plan used when a rollout is started without its own.
     pub rollout: RolloutPlan,
+    /// Answer plain-HTTP requests with a redirect to HTTPS.
+    pub redirect_https: bool,
+    /// HSTS on responses over TLS.
+    pub hsts: Option<Hsts>,
 }
 
 /// Steps and pace of a rollout.

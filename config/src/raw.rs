@@ -10,6 +10,7 @@ pub(crate) struct RawConfig {
     pub timeouts: RawTimeouts,
     pub passive_health: RawPassiveHealth,
     pub state: RawState,
+    pub tls: RawTls,
     pub trusted_proxies: Vec<String>,
     pub access_log: bool,
     pub routes: Vec<RawRoute>,
@@ -33,14 +34,52 @@ impl Default for RawState {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawListen {
     pub http: String,
+    pub https: Option<String>,
 }
 
 impl Default for RawListen {
     fn default() -> Self {
         Self {
             http: "0.0.0.0:8080".into(),
+            https: None,
         }
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawTls {
+    pub certificates: Vec<RawCertificate>,
+    pub unknown_sni: RawUnknownSni,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertificate {
+    pub hosts: Vec<String>,
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawUnknownSni {
+    #[default]
+    Default,
+    Reject,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHsts {
+    #[serde(default = "default_hsts_max_age")]
+    pub max_age: String,
+    #[serde(default)]
+    pub include_subdomains: bool,
+}
+
+fn default_hsts_max_age() -> String {
+    "365d".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +159,10 @@ pub(crate) struct RawRoute {
     pub expose_variant: bool,
     #[serde(default)]
     pub rollout: Option<RawRollout>,
+    #[serde(default)]
+    pub redirect_https: bool,
+    #[serde(default)]
+    pub hsts: Option<RawHsts>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -123,6 +123,11 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             canary_only: r.canary_only,
             expose_variant: r.expose_variant,
             rollout,
+            redirect_https: r.redirect_https,
+            hsts: r.hsts.as_ref().map(|h| Hsts {
+                max_age: duration(&mut errs, &format!("{at}.hsts.max_age"), &h.max_age),
+                include_subdomains: h.include_subdomains,
+            }),
         });
     }
 
@@ -139,6 +144,21 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             ),
         }
     }
+    let https = raw
+        .listen
+        .https
+        .as_ref()
+        .and_then(|a| socket_addr(&mut errs, "listen.https", a));
+    let tls = tls(&mut errs, &raw.tls);
+    if https.is_some() && tls.certificates.is_empty() {
+        errs.push("tls.certificates", "listen.https needs at least one certificate");
+    }
+    if https.is_none() && routes.iter().any(|r| r.redirect_https) {
+        errs.push(
+            "listen.https",
+            "a route redirects to HTTPS but there is no HTTPS listener",
+        );
+    }
     let state_path = std::path::PathBuf::from(&raw.state.path);
     if raw.state.path.is_empty() || !state_path.is_absolute() || raw.state.path.contains('\0') {
         errs.push(
@@ -153,6 +173,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     Ok(Config {
         listen: Listen {
             http: http.expect("checked above"),
+            https,
         },
         admin: Admin {
             listen: admin.expect("checked above"),
@@ -161,6 +182,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         timeouts,
         passive_health,
         state: State { path: state_path },
+        tls,
         trusted_proxies,
         access_log: raw.access_log,
         routes,
@@ -222,6 +244,37 @@ fn affinity(errs: &mut Errors, at: &str, raw: &RawAffinity) -> Option<Affinity> 
         key,
         cookie_max_age: max_age,
     })
+}
+
+fn tls(errs: &mut Errors, raw: &RawTls) -> Tls {
+    let mut certificates = Vec::with_capacity(raw.certificates.len());
+    for (i, c) in raw.certificates.iter().enumerate() {
+        let at = format!("tls.certificates[{i}]");
+        let mut hosts = Vec::new();
+        for (j, h) in c.hosts.iter().enumerate() {
+            match host_pattern(h) {
+                Ok(p) => hosts.push(p),
+                Err(m) => errs.push(format!("{at}.hosts[{j}]"), m),
+            }
+        }
+        if c.hosts.is_empty() {
+            errs.push(format!("{at}.hosts"), "list the hosts this certificate answers for");
+        }
+        for (field, path) in [("cert", &c.cert), ("key", &c.key)] {
+            if path.is_empty() || path.contains('\0') || path.contains('\n') {
+                errs.push(format!("{at}.{field}"), format!("{path:?} is not a file path"));
+            }
+        }
+        certificates.push(CertificateFiles {
+            hosts,
+            cert: c.cert.clone().into(),
+            key: c.key.clone().into(),
+        });
+    }
+    Tls {
+        certificates,
+        reject_unknown_sni: matches!(raw.unknown_sni, RawUnknownSni::Reject),
+    }
 }
 
 fn rollout_plan(errs: &mut Errors, at: &str, raw: &RawRollout) -> RolloutPlan {

@@ -80,6 +80,7 @@ pub async fn start_backend(version: &'static str) -> anyhow::Result<SocketAddr> 
             })
         },
         opts,
+        None,
         std::future::pending(),
     ));
     Ok(addr)

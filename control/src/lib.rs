@@ -5,6 +5,7 @@ pub mod admin;
 pub mod analysis;
 pub mod api;
 pub mod auth;
+pub mod certificates;
 pub mod client;
 pub mod config_file;
 pub mod controller;

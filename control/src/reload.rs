@@ -10,6 +10,7 @@ use tokio::signal::unix::Signal;
 use tokio::sync::watch;
 
 use crate::auth::Tokens;
+use crate::certificates::Certificates;
 use crate::config_file;
 use crate::controller::Controller;
 use crate::metrics::ControlMetrics;
@@ -31,6 +32,8 @@ pub struct Reloader {
     pub tokens: Arc<RwLock<Tokens>>,
     /// Reload counters.
     pub metrics: ControlMetrics,
+    /// The HTTPS listener's certificates, re-read every poll.
+    pub certificates: Option<Certificates>,
     /// SIGHUP, installed before the listeners announce themselves so an early signal
     /// cannot hit the default action (terminate).
     pub hangup: Signal,
@@ -48,6 +51,9 @@ impl Reloader {
                 _ = shutdown.changed() => return,
             };
             self.check(forced);
+            if let Some(c) = &mut self.certificates {
+                c.check(&self.current.tls);
+            }
         }
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use canary_config::Config;
-use canary_proxy::{serve, PoolOptions, Proxy, ProxyMetrics, ServeOptions};
+use canary_proxy::{serve, PoolOptions, Proxy, ProxyMetrics, ServeOptions, TlsListener, TlsMetrics};
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -17,10 +17,14 @@ use tokio::sync::watch;
 use crate::admin::Admin;
 use crate::api::Api;
 use crate::auth::Tokens;
+use crate::certificates::Certificates;
 use crate::controller::Controller;
 use crate::metrics::ControlMetrics;
 use crate::reload::Reloader;
 use crate::state::StateStore;
+
+/// A TLS handshake not finished by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the process was started.
 #[derive(Debug, Default)]
@@ -64,6 +68,18 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         drain: config.timeouts.drain,
     };
     let (listen, admin_listen) = (config.listen.http, config.admin.listen);
+    let certificates = match config.listen.https {
+        Some(_) => Some(Certificates::load(&config.tls, &registry)?),
+        None => None,
+    };
+    let tls = match &certificates {
+        Some(c) => Some(TlsListener {
+            acceptor: tokio_rustls::TlsAcceptor::from(canary_proxy::tls::server_config(c.resolver())),
+            metrics: TlsMetrics::register(&registry).context("registering TLS metrics")?,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+        }),
+        None => None,
+    };
     let (controller, table) = Controller::new(config.clone(), store, proxy_metrics.clone(), control_metrics.clone())?;
     let controller = Arc::new(controller);
     let proxy = Proxy::new(table, proxy_metrics, pool);
@@ -76,7 +92,18 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     let admin_listener = TcpListener::bind(admin_listen)
         .await
         .with_context(|| format!("cannot listen on admin.listen {admin_listen}"))?;
+    let https = match config.listen.https {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on listen.https {addr}"))?,
+        ),
+        None => None,
+    };
     tracing::info!(listener = "public", addr = %public.local_addr()?, "listening");
+    if let Some(l) = &https {
+        tracing::info!(listener = "https", addr = %l.local_addr()?, "listening");
+    }
     tracing::info!(listener = "admin", addr = %admin_listener.local_addr()?, "listening");
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -88,12 +115,27 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         admin_listener,
         move |_| admin.service(),
         serve_opts,
+        None,
         stopped(admin_stop_rx),
     ));
+    let https_task = match (https, tls) {
+        (Some(listener), Some(tls)) => {
+            let proxy = proxy.clone();
+            Some(tokio::spawn(serve(
+                listener,
+                move |peer| proxy.connection_service(peer, true),
+                serve_opts,
+                Some(tls),
+                stopped(stop_rx.clone()),
+            )))
+        }
+        _ => None,
+    };
     let proxy_task = tokio::spawn(serve(
         public,
         move |peer| proxy.connection_service(peer, false),
         serve_opts,
+        None,
         stopped(stop_rx.clone()),
     ));
     let timer_task = tokio::spawn(drive_rollouts(controller.clone(), stop_rx.clone()));
@@ -107,6 +149,7 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
             controller,
             tokens,
             metrics: control_metrics,
+            certificates,
         };
         tokio::spawn(reloader.run(stop_rx))
     });
@@ -117,6 +160,9 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     ready.store(false, Ordering::Relaxed);
     stop_tx.send_replace(true);
     proxy_task.await.context("proxy listener task")?;
+    if let Some(t) = https_task {
+        t.await.context("https listener task")?;
+    }
     timer_task.await.context("rollout timer task")?;
     prometheus_task.await.context("prometheus poller task")?;
     if let Some(t) = reload_task {

@@ -118,6 +118,9 @@ impl Proxy {
                 let (host, path) = (host.to_owned(), req.uri().path().to_owned());
                 return reply(ProxyError::NoRoute { host, path });
             };
+            if route.redirect_https && !client.tls {
+                return redirect_to_https(host, &req);
+            }
             let decision = route.decide(req.headers(), client, table.trusted_proxies());
             (route.clone(), *table.settings(), decision)
         };
@@ -128,6 +131,11 @@ impl Proxy {
         let (mut response, outcome) = self.forward(req, client, &route, decision.variant, &settings).await;
         route.observe(outcome.counted, response.status(), outcome.upstream_error, started);
         let variant = outcome.served.then_some(outcome.counted);
+        if let (Some(hsts), true) = (&route.hsts, client.tls) {
+            response
+                .headers_mut()
+                .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
         if let Some(cookie) = decision.set_cookie {
             response.headers_mut().append(SET_COOKIE, cookie);
         }
@@ -319,6 +327,25 @@ fn is_idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
+}
+
+/// `308` to the same host (without its port) and target over HTTPS.
+fn redirect_to_https<B>(host: &str, req: &Request<B>) -> Response<ProxyBody> {
+    let name = if host.starts_with('[') {
+        host.split_inclusive(']').next().unwrap_or(host)
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    match HeaderValue::from_str(&format!("https://{name}{target}")) {
+        Ok(location) => {
+            resp.headers_mut().insert(http::header::LOCATION, location);
+            resp
+        }
+        Err(_) => reply(ProxyError::BadRequest("host not usable in a redirect")),
+    }
 }
 
 fn reply(err: ProxyError) -> Response<ProxyBody> {

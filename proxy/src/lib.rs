@@ -16,6 +16,7 @@ mod route;
 mod routing_table;
 mod server;
 pub mod split;
+pub mod tls;
 pub mod window;
 
 pub use endpoint::Endpoint;
@@ -24,5 +25,5 @@ pub use headers::ClientInfo;
 pub use metrics::{ProxyMetrics, VariantCounts};
 pub use route::Route;
 pub use routing_table::{BuildError, LiveRoute, RoutingTable, Settings, TableHandle};
-pub use server::{serve, ServeOptions};
+pub use server::{serve, ServeOptions, TlsListener, TlsMetrics};
 pub use split::Variant;

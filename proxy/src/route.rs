@@ -30,6 +30,9 @@ pub struct Route {
     pub(crate) overrides: Overrides,
     pub(crate) canary_only: bool,
     pub(crate) expose_variant: bool,
+    pub(crate) redirect_https: bool,
+    /// The `Strict-Transport-Security` value sent over TLS.
+    pub(crate) hsts: Option<HeaderValue>,
     pub(crate) variants: [EndpointSet; 2],
     pub(crate) metrics: RouteMetrics,
     /// Per-variant sliding windows, when the route has an analysis.

@@ -156,6 +156,16 @@ impl RoutingTable {
                 overrides: r.overrides.clone(),
                 canary_only: r.canary_only,
                 expose_variant: r.expose_variant,
+                redirect_https: r.redirect_https,
+                hsts: r.hsts.as_ref().map(|h| {
+                    let sub = if h.include_subdomains {
+                        "; includeSubDomains"
+                    } else {
+                        ""
+                    };
+                    http::HeaderValue::from_str(&format!("max-age={}{sub}", h.max_age.as_secs()))
+                        .expect("digits and ASCII make a header value")
+                }),
                 variants: [set(&r.stable)?, set(&r.canary)?],
                 metrics: metrics.for_route(&r.name),
                 windows: windows_for(r, previous),

@@ -1,4 +1,5 @@
-//! Accept loop shared by the public and admin listeners: HTTP/1.1 and h2c, graceful drain.
+//! Accept loop shared by the public (HTTP and HTTPS) and admin listeners: HTTP/1.1 and
+//! h2 (prior knowledge or ALPN), optional TLS handshake, graceful drain.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,6 +13,7 @@ use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use prometheus::{IntCounterVec, Opts, Registry};
 use tokio::net::TcpListener;
 
 /// Connection-level settings of a listener.
@@ -23,14 +25,64 @@ pub struct ServeOptions {
     pub drain: Duration,
 }
 
+/// TLS for a listener: the acceptor and its handshake counters.
+#[derive(Clone)]
+pub struct TlsListener {
+    /// rustls acceptor (its config's resolver picks certificates by SNI).
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// Handshake outcomes.
+    pub metrics: TlsMetrics,
+    /// A handshake not done by then is dropped.
+    pub handshake_timeout: Duration,
+}
+
+/// `canaryd_tls_handshakes_total{result}`.
+#[derive(Clone)]
+pub struct TlsMetrics(IntCounterVec);
+
+impl TlsMetrics {
+    /// Creates and registers the family.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let v = IntCounterVec::new(
+            Opts::new(
+                "canaryd_tls_handshakes_total",
+                "TLS handshakes by result: ok, incompatible (protocol version or ciphers), no_certificate, malformed, timeout, other.",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(v.clone()))?;
+        for r in ["ok", "incompatible", "no_certificate", "malformed", "timeout", "other"] {
+            v.with_label_values(&[r]);
+        }
+        Ok(Self(v))
+    }
+
+    fn count(&self, result: &str) {
+        self.0.with_label_values(&[result]).inc();
+    }
+}
+
+/// The label of a failed handshake.
+fn handshake_failure(e: &std::io::Error) -> &'static str {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::PeerIncompatible(_)) => "incompatible",
+        Some(rustls::Error::InvalidMessage(_)) => "malformed",
+        Some(rustls::Error::General(m)) if m.contains("certificate") => "no_certificate",
+        Some(other) if other.to_string().contains("no server certificate") => "no_certificate",
+        _ => "other",
+    }
+}
+
 /// Serves the services made by `make_service` (one per connection, given the peer
 /// address) on `listener` until `shutdown` resolves, then stops accepting (the
 /// listening socket is closed, so new connections are refused) and waits up to
-/// `opts.drain` for in-flight requests to finish.
+/// `opts.drain` for in-flight requests to finish. With `tls`, each connection first
+/// completes a TLS handshake.
 pub async fn serve<M, S, B>(
     listener: TcpListener,
     make_service: M,
     opts: ServeOptions,
+    tls: Option<TlsListener>,
     shutdown: impl Future<Output = ()>,
 ) where
     M: Fn(SocketAddr) -> S,
@@ -63,12 +115,48 @@ pub async fn serve<M, S, B>(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "TCP_NODELAY not set");
         }
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), make_service(peer))
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let service = make_service(peer);
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let result = match tls {
+                None => {
+                    watcher
+                        .watch(
+                            builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .into_owned(),
+                        )
+                        .await
+                }
+                Some(tls) => {
+                    let handshake = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await;
+                    let stream = match handshake {
+                        Ok(Ok(s)) => {
+                            tls.metrics.count("ok");
+                            s
+                        }
+                        Ok(Err(e)) => {
+                            tls.metrics.count(handshake_failure(&e));
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tls.metrics.count("timeout");
+                            return;
+                        }
+                    };
+                    watcher
+                        .watch(
+                            builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .into_owned(),
+                        )
+                        .await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });

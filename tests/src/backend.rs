@@ -210,7 +210,7 @@ impl Backend {
         };
         let n = live.served.fetch_add(1, Ordering::SeqCst) + 1;
         let every = live.fail_every.load(Ordering::SeqCst);
-        let status = if every > 0 && n % every == 0 {
+        let status = if every > 0 && n.is_multiple_of(every) {
             500
         } else {
             live.status.load(Ordering::SeqCst)

@@ -48,6 +48,8 @@ pub struct Canaryd {
     pub addr: SocketAddr,
     /// The admin listener.
     pub admin: SocketAddr,
+    /// The HTTPS listener, when configured.
+    pub https: Option<SocketAddr>,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -111,17 +113,17 @@ impl Canaryd {
                 log2.lock().unwrap().push(line);
             }
         });
-        let (mut addr, mut admin) = (None, None);
+        let (mut addr, mut admin, mut https) = (None, None, None);
         let deadline = Instant::now() + Duration::from_secs(20);
         while addr.is_none() || admin.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok((which, a)) => {
                     let a: SocketAddr = a.parse().expect("listening addr");
-                    if which == "public" {
-                        addr = Some(a);
-                    } else {
-                        admin = Some(a);
+                    match which.as_str() {
+                        "public" => addr = Some(a),
+                        "https" => https = Some(a),
+                        _ => admin = Some(a),
                     }
                 }
                 Err(_) => {
@@ -138,6 +140,7 @@ impl Canaryd {
             dir,
             addr: addr.unwrap(),
             admin: admin.unwrap(),
+            https,
             log,
         }
     }
