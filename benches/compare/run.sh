@@ -48,13 +48,13 @@ if [ "$MODE" = full ]; then
   ROUNDS=${BENCH_ROUNDS:-5}; DURATION=${BENCH_DURATION:-8}; WARMUP=${BENCH_WARMUP:-1}
   IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}; RSS_ROUNDS=${BENCH_RSS_ROUNDS:-3}
   SHARE_REQUESTS=${BENCH_SHARE_REQUESTS:-1000000}; STICKY_USERS=${BENCH_STICKY_USERS:-2000}
-  SHARE_MAX_SECONDS=150; LAT_ROUNDS=${BENCH_LAT_ROUNDS:-$ROUNDS}
+  SHARE_MAX_SECONDS=150; LAT_ROUNDS=${BENCH_LAT_ROUNDS:-$ROUNDS}; SETTLE=1
   OUT=${OUT:-$HERE/RESULTS.md}
 else
   ROUNDS=${BENCH_ROUNDS:-3}; DURATION=${BENCH_DURATION:-1}; WARMUP=${BENCH_WARMUP:-0}
   IDLE_CONNS=${BENCH_IDLE_CONNS:-500}; RSS_ROUNDS=${BENCH_RSS_ROUNDS:-1}
   SHARE_REQUESTS=${BENCH_SHARE_REQUESTS:-20000}; STICKY_USERS=${BENCH_STICKY_USERS:-200}
-  SHARE_MAX_SECONDS=20; LAT_ROUNDS=${BENCH_LAT_ROUNDS:-1}
+  SHARE_MAX_SECONDS=20; LAT_ROUNDS=${BENCH_LAT_ROUNDS:-1}; SETTLE=0.3
 fi
 CONNS=${BENCH_CONNS:-50}
 H2_CONNS=${BENCH_H2_CONNS:-10}
@@ -275,7 +275,8 @@ start_proxy() { # target
     canaryd)
       render "$HERE/canaryd.yaml.tmpl" "$dir/canaryd.yaml" DIR="$dir" H1_PORT="$CND_PORT" ADMIN_PORT="$CND_ADMIN" \
         STABLE_PORT="$STABLE_PORT" CANARY_PORT="$CANARY_PORT"
-      "$CANARYD_BIN" check --config "$dir/canaryd.yaml" >&2 || die "canaryd rejects $dir/canaryd.yaml"
+      "$CANARYD_BIN" check --config "$dir/canaryd.yaml" >"$dir/check.log" 2>&1 ||
+        die "canaryd rejects $dir/canaryd.yaml: $(cat "$dir/check.log")"
       # canaryd builds a multi-thread tokio runtime with the default worker count;
       # TOKIO_WORKER_THREADS=1 makes it one worker, like nginx's and HAProxy's one.
       launch canaryd env TOKIO_WORKER_THREADS=1 taskset -c "$PROXY_CPU" "$CANARYD_BIN" run --config "$dir/canaryd.yaml"
@@ -412,7 +413,7 @@ IDLE_PID=""
 phase_rss() { # round target
   local r=$1 t=$2 out="$WORK/raw/idle-$2-$1.txt" rss0 rss1 ok failed i
   restart_proxy "$t"
-  sleep 0.5
+  sleep "$SETTLE"
   rss0=$(rss_kib "$t")
   record rss_idle_kib "$t" "$r" "$rss0"
   local cmd=(taskset -c "$LOAD_CPU" $PY "$HERE/idle_conns.py" --port "$(h1_port "$t")" -n "$IDLE_CONNS" --hold 120)
@@ -424,7 +425,7 @@ phase_rss() { # round target
     kill "$IDLE_PID" 2>/dev/null || true; wait "$IDLE_PID" 2>/dev/null || true; IDLE_PID=""
     hard_fail "rss $t round $r: idle connections never READY ($(tail -2 "$out" | tr '\n' ' '))"; return
   fi
-  sleep 1
+  sleep "$SETTLE"
   rss1=$(rss_kib "$t")
   kill "$IDLE_PID" 2>/dev/null || true; wait "$IDLE_PID" 2>/dev/null || true; IDLE_PID=""
   read -r ok failed < <(sed -n 's/^READY ok=\([0-9]*\) failed=\([0-9]*\)/\1 \2/p' "$out")
@@ -544,7 +545,7 @@ for t in "${TARGETS[@]}"; do
 done
 for t in "${TARGETS[@]}"; do
   is_proxy "$t" || continue
-  AFFINITY[$t]="$(taskset -pc "${PID[$t]}" | sed 's/.*: //') cpu, $(ls "/proc/${PID[$t]}/task" | wc -l) threads, $(($(proc_tree "$t" | wc -l))) process(es)"
+  AFFINITY[$t]="CPU list $(taskset -pc "${PID[$t]}" | sed 's/.*: //'), $(ls "/proc/${PID[$t]}/task" | wc -l) thread(s) in the main process, $(($(proc_tree "$t" | wc -l))) process(es)"
 done 2>/dev/null || true
 
 log "phase 1/4: throughput (HTTP/1.1 with wrk, h2c with h2load), CPU per request"

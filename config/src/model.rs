@@ -20,6 +20,8 @@ pub struct Config {
     pub state: State,
     /// TLS termination.
     pub tls: Tls,
+    /// Limits that protect the proxy from hostile or broken clients.
+    pub limits: Limits,
     /// Peers whose `X-Forwarded-For` / `Forwarded` are believed for `client_ip` affinity.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// One log line per request at info level.
@@ -35,6 +37,23 @@ pub struct Listen {
     pub http: SocketAddr,
     /// HTTPS (TLS 1.2/1.3, ALPN h2 and http/1.1); needs `tls.certificates`.
     pub https: Option<SocketAddr>,
+}
+
+/// Limits on what clients may send; each default has its reason in the README.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Open connections per public listener; more are closed at once (and counted).
+    pub max_connections: usize,
+    /// Request headers per HTTP/1 request; more is a 431.
+    pub max_header_count: usize,
+    /// Bytes of an HTTP/1 request line plus headers; more is a 431.
+    pub max_header_bytes: usize,
+    /// Default request body limit of routes (0: none); more is a 413.
+    pub max_body_bytes: u64,
+    /// Concurrent HTTP/2 streams per connection.
+    pub h2_max_concurrent_streams: u32,
+    /// Bytes of an HTTP/2 header list.
+    pub h2_max_header_list_bytes: u32,
 }
 
 /// TLS termination settings.
@@ -133,6 +152,8 @@ pub struct Route {
     pub rollout: RolloutPlan,
     /// Answer plain-HTTP requests with a redirect to HTTPS.
     pub redirect_https: bool,
+    /// Largest request body in bytes (0: none); more is a 413 before the backend sees it.
+    pub max_body_bytes: u64,
     /// HSTS on responses over TLS.
     pub hsts: Option<Hsts>,
 }

@@ -11,6 +11,7 @@ pub(crate) struct RawConfig {
     pub passive_health: RawPassiveHealth,
     pub state: RawState,
     pub tls: RawTls,
+    pub limits: RawLimits,
     pub trusted_proxies: Vec<String>,
     pub access_log: bool,
     pub routes: Vec<RawRoute>,
@@ -42,6 +43,30 @@ impl Default for RawListen {
         Self {
             http: "0.0.0.0:8080".into(),
             https: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawLimits {
+    pub max_connections: usize,
+    pub max_header_count: usize,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_header_list_bytes: u32,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_header_count: 100,
+            max_header_bytes: 32 * 1024,
+            max_body_bytes: 0,
+            h2_max_concurrent_streams: 100,
+            h2_max_header_list_bytes: 32 * 1024,
         }
     }
 }
@@ -161,6 +186,8 @@ pub(crate) struct RawRoute {
     pub rollout: Option<RawRollout>,
     #[serde(default)]
     pub redirect_https: bool,
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
     #[serde(default)]
     pub hsts: Option<RawHsts>,
 }

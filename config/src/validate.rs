@@ -124,6 +124,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             expose_variant: r.expose_variant,
             rollout,
             redirect_https: r.redirect_https,
+            max_body_bytes: r.max_body_bytes.unwrap_or(raw.limits.max_body_bytes),
             hsts: r.hsts.as_ref().map(|h| Hsts {
                 max_age: duration(&mut errs, &format!("{at}.hsts.max_age"), &h.max_age),
                 include_subdomains: h.include_subdomains,
@@ -159,6 +160,32 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             "a route redirects to HTTPS but there is no HTTPS listener",
         );
     }
+    let l = &raw.limits;
+    let limits = Limits {
+        max_connections: l.max_connections,
+        max_header_count: l.max_header_count,
+        max_header_bytes: l.max_header_bytes,
+        max_body_bytes: l.max_body_bytes,
+        h2_max_concurrent_streams: l.h2_max_concurrent_streams,
+        h2_max_header_list_bytes: l.h2_max_header_list_bytes,
+    };
+    for (field, ok) in [
+        ("max_connections", limits.max_connections >= 1),
+        ("max_header_count", (1..=1000).contains(&limits.max_header_count)),
+        (
+            "max_header_bytes",
+            (8 * 1024..=1024 * 1024).contains(&limits.max_header_bytes),
+        ),
+        ("h2_max_concurrent_streams", limits.h2_max_concurrent_streams >= 1),
+        ("h2_max_header_list_bytes", limits.h2_max_header_list_bytes >= 1024),
+    ] {
+        if !ok {
+            errs.push(
+                format!("limits.{field}"),
+                "out of range (connections ≥ 1, header count 1..1000, header bytes 8 KiB..1 MiB, streams ≥ 1, header list ≥ 1 KiB)",
+            );
+        }
+    }
     let state_path = std::path::PathBuf::from(&raw.state.path);
     if raw.state.path.is_empty() || !state_path.is_absolute() || raw.state.path.contains('\0') {
         errs.push(
@@ -183,6 +210,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         passive_health,
         state: State { path: state_path },
         tls,
+        limits,
         trusted_proxies,
         access_log: raw.access_log,
         routes,

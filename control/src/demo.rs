@@ -62,10 +62,7 @@ pub async fn start_backend(version: &'static str) -> anyhow::Result<SocketAddr> 
         .context("binding a demo backend")?;
     let addr = listener.local_addr()?;
     let body = Bytes::from(format!("{{\"version\":\"{version}\"}}"));
-    let opts = ServeOptions {
-        header_read_timeout: Duration::from_secs(30),
-        drain: Duration::from_secs(1),
-    };
+    let opts = ServeOptions::internal(Duration::from_secs(1));
     tokio::spawn(serve(
         listener,
         move |_| {

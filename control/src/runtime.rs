@@ -63,10 +63,33 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         connect_timeout: config.timeouts.connect,
         idle_timeout: config.timeouts.upstream_idle,
     };
+    let shed = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "canaryd_connections_shed_total",
+            "Connections closed at accept because the listener had limits.max_connections open.",
+        ),
+        &["listener"],
+    )?;
+    registry
+        .register(Box::new(shed.clone()))
+        .context("registering listener metrics")?;
+    let l = &config.limits;
     let serve_opts = ServeOptions {
         header_read_timeout: config.timeouts.idle,
         drain: config.timeouts.drain,
+        max_connections: l.max_connections,
+        max_header_count: l.max_header_count,
+        max_header_bytes: l.max_header_bytes,
+        h2_max_concurrent_streams: l.h2_max_concurrent_streams,
+        h2_max_header_list_bytes: l.h2_max_header_list_bytes,
+        shed: Some(shed.with_label_values(&["http"])),
     };
+    let https_opts = ServeOptions {
+        shed: Some(shed.with_label_values(&["https"])),
+        ..serve_opts.clone()
+    };
+    // The admin listener has its own connection budget, so a flood of the public port leaves it answering.
+    let admin_opts = ServeOptions::internal(config.timeouts.drain);
     let (listen, admin_listen) = (config.listen.http, config.admin.listen);
     let certificates = match config.listen.https {
         Some(_) => Some(Certificates::load(&config.tls, &registry)?),
@@ -114,7 +137,7 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     let admin_task = tokio::spawn(serve(
         admin_listener,
         move |_| admin.service(),
-        serve_opts,
+        admin_opts,
         None,
         stopped(admin_stop_rx),
     ));
@@ -124,7 +147,7 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
             Some(tokio::spawn(serve(
                 listener,
                 move |peer| proxy.connection_service(peer, true),
-                serve_opts,
+                https_opts,
                 Some(tls),
                 stopped(stop_rx.clone()),
             )))

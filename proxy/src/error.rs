@@ -11,6 +11,8 @@ use crate::split::Variant;
 pub(crate) enum ProxyError {
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("route {route}: request body larger than {limit} bytes")]
+    TooLarge { route: Box<str>, limit: u64 },
     #[error("no route for host {host:?} and path {path:?}")]
     NoRoute { host: String, path: String },
     #[error("route {route}: no endpoints for stable or canary")]
@@ -28,6 +30,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,

@@ -11,7 +11,7 @@ use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
-use http_body_util::{Either, Empty, Full};
+use http_body_util::{Either, Empty, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -26,8 +26,9 @@ use crate::route::Route;
 use crate::routing_table::{Settings, TableHandle};
 use crate::split::Variant;
 
-/// Body sent upstream: the client's stream, or nothing on a replayed attempt.
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+/// Body sent upstream: the client's stream (cut at the route's size limit), or nothing on
+/// a replayed attempt.
+pub type UpstreamBody = Either<Limited<Incoming>, Empty<Bytes>>;
 /// The one pooled HTTP/1.1 client shared by every route.
 pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
 /// Body sent to the client: the upstream's stream, or the proxy's own short answer.
@@ -68,6 +69,30 @@ enum Failure {
     Connect,
     Timeout,
     Protocol,
+    /// The client's body passed the route's limit while streaming.
+    TooLarge,
+}
+
+/// The request's `Content-Length`, when there is exactly one valid one.
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let first = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    first.to_str().ok()?.trim().parse().ok()
+}
+
+/// True when the error chain holds the body limit's error.
+fn body_limit_hit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 impl Proxy {
@@ -182,6 +207,22 @@ impl Proxy {
         let client_upgrade = (req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers()))
             .then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        let limit = route.max_body_bytes;
+        if limit > 0 && content_length(&parts.headers).is_some_and(|n| n > limit) {
+            let outcome = Outcome {
+                counted: variant,
+                served: false,
+                upstream_error: false,
+            };
+            return (
+                reply(ProxyError::TooLarge {
+                    route: route.name.clone(),
+                    limit,
+                }),
+                outcome,
+            );
+        }
+        let body = Limited::new(body, if limit == 0 { usize::MAX } else { limit as usize });
         prepare_upstream_headers(&mut parts, client, variant, client_upgrade.is_some());
 
         let eps = route.endpoints(variant);
@@ -236,6 +277,16 @@ impl Proxy {
             Err(failure) => {
                 let name = route.name.clone();
                 let (reason, err) = match failure {
+                    Failure::TooLarge => {
+                        let err = ProxyError::TooLarge { route: name, limit };
+                        return (
+                            reply(err),
+                            Outcome {
+                                served: false,
+                                ..served
+                            },
+                        );
+                    }
                     Failure::Connect => (
                         UpstreamErrorReason::Connect,
                         ProxyError::Connect { route: name, variant },
@@ -281,6 +332,7 @@ impl Proxy {
                 endpoint.record_connect_failure(settings.health_failures, settings.health_cooloff);
                 Err(Failure::Connect)
             }
+            Ok(Err(e)) if body_limit_hit(&e) => Err(Failure::TooLarge),
             Ok(Err(e)) => {
                 tracing::debug!(endpoint = %endpoint.authority(), error = ?e, "upstream exchange failed");
                 Err(Failure::Protocol)

@@ -31,6 +31,8 @@ pub struct Route {
     pub(crate) canary_only: bool,
     pub(crate) expose_variant: bool,
     pub(crate) redirect_https: bool,
+    /// Largest request body forwarded (0: none).
+    pub(crate) max_body_bytes: u64,
     /// The `Strict-Transport-Security` value sent over TLS.
     pub(crate) hsts: Option<HeaderValue>,
     pub(crate) variants: [EndpointSet; 2],

@@ -157,6 +157,7 @@ impl RoutingTable {
                 canary_only: r.canary_only,
                 expose_variant: r.expose_variant,
                 redirect_https: r.redirect_https,
+                max_body_bytes: r.max_body_bytes,
                 hsts: r.hsts.as_ref().map(|h| {
                     let sub = if h.include_subdomains {
                         "; includeSubDomains"

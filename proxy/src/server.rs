@@ -17,12 +17,49 @@ use prometheus::{IntCounterVec, Opts, Registry};
 use tokio::net::TcpListener;
 
 /// Connection-level settings of a listener.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// Time to receive a request's headers, and the idle limit between keep-alive requests.
     pub header_read_timeout: Duration,
     /// How long in-flight requests may run after the shutdown signal.
     pub drain: Duration,
+    /// Open connections allowed; more are closed at once and counted in `shed`.
+    pub max_connections: usize,
+    /// HTTP/1 request headers allowed (more: 431).
+    pub max_header_count: usize,
+    /// HTTP/1 read buffer, which bounds the request line plus headers (more: 431).
+    pub max_header_bytes: usize,
+    /// HTTP/2 concurrent streams per connection.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 header list bytes.
+    pub h2_max_header_list_bytes: u32,
+    /// Counts connections closed because of `max_connections`.
+    pub shed: Option<prometheus::IntCounter>,
+}
+
+impl ServeOptions {
+    /// Defaults for an internal listener (admin, demo backends).
+    pub fn internal(drain: Duration) -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(30),
+            drain,
+            max_connections: 1_024,
+            max_header_count: 100,
+            max_header_bytes: 64 * 1024,
+            h2_max_concurrent_streams: 100,
+            h2_max_header_list_bytes: 64 * 1024,
+            shed: None,
+        }
+    }
+}
+
+/// Keeps a connection counted while it lives.
+struct ConnectionSlot(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// TLS for a listener: the acceptor and its handshake counters.
@@ -95,8 +132,15 @@ pub async fn serve<M, S, B>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(opts.header_read_timeout)
+        .max_headers(opts.max_header_count)
+        .max_buf_size(opts.max_header_bytes.max(8 * 1024));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(opts.h2_max_concurrent_streams)
+        .max_header_list_size(opts.h2_max_header_list_bytes);
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -112,6 +156,16 @@ pub async fn serve<M, S, B>(
             },
             () = &mut shutdown => break,
         };
+        if open.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= opts.max_connections {
+            open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            // Shed: closing at once keeps what is admitted serving.
+            if let Some(c) = &opts.shed {
+                c.inc();
+            }
+            drop(stream);
+            continue;
+        }
+        let slot = ConnectionSlot(open.clone());
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "TCP_NODELAY not set");
         }
@@ -120,6 +174,7 @@ pub async fn serve<M, S, B>(
         let builder = builder.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let result = match tls {
                 None => {
                     watcher
