@@ -420,8 +420,8 @@ phase_rss() { # round target
   logcmd rss "$t" "$r" -- "${cmd[@]}"
   "${cmd[@]}" >"$out" 2>&1 </dev/null &
   IDLE_PID=$!
-  for i in $(seq 1200); do grep -q '^READY' "$out" && break; kill -0 "$IDLE_PID" 2>/dev/null || break; sleep 0.1; done
-  if ! grep -q '^READY' "$out"; then
+  for i in $(seq 1200); do grep -qs '^READY' "$out" && break; kill -0 "$IDLE_PID" 2>/dev/null || break; sleep 0.1; done
+  if ! grep -qs '^READY' "$out"; then
     kill "$IDLE_PID" 2>/dev/null || true; wait "$IDLE_PID" 2>/dev/null || true; IDLE_PID=""
     hard_fail "rss $t round $r: idle connections never READY ($(tail -2 "$out" | tr '\n' ' '))"; return
   fi

@@ -15,7 +15,7 @@ use utoipa::OpenApi;
 
 use crate::auth::{Denied, Tokens};
 use crate::controller::{Command, CommandError, Controller};
-use crate::state::{now_rfc3339, AuditEntry};
+use crate::state::AuditEntry;
 use crate::status::{ActionRequest, ApiErrorBody, RolloutRequest, RouteStatus, WeightRequest};
 
 /// Largest request body accepted.
@@ -200,16 +200,10 @@ impl Api {
             Denied::Unauthenticated => (StatusCode::UNAUTHORIZED, "a valid bearer token is required"),
             Denied::Forbidden => (StatusCode::FORBIDDEN, "this token may only read"),
         };
-        self.controller.record(AuditEntry {
-            time: now_rfc3339(),
-            actor: "unauthenticated".into(),
-            route: route.map(str::to_string),
-            action: format!("{method} {path}"),
-            from: None,
-            to: None,
-            reason: None,
-            outcome: format!("refused: {} {message}", status.as_u16()),
-        });
+        let action = format!("{method} {path}");
+        let why = format!("{} {message}", status.as_u16());
+        self.controller
+            .record(AuditEntry::refused("unauthenticated", route, &action, None, &why));
         ApiError::new(status, message, Some("Authorization"))
     }
 }

@@ -171,16 +171,7 @@ impl Controller {
         let result = self.command_locked(&mut inner, route, command.clone(), actor, reason.clone(), if_match);
         if let Err(e) = &result {
             if !matches!(e, CommandError::Persist(_)) {
-                let entry = AuditEntry {
-                    time: now_rfc3339(),
-                    actor: actor.into(),
-                    route: Some(route.into()),
-                    action: command.name().into(),
-                    from: None,
-                    to: None,
-                    reason,
-                    outcome: format!("refused: {e}"),
-                };
+                let entry = AuditEntry::refused(actor, Some(route), command.name(), reason, &e.to_string());
                 inner.store.state.record(entry);
                 if let Err(e) = inner.store.save() {
                     tracing::error!(error = %e, "audit not saved");
@@ -240,16 +231,7 @@ impl Controller {
         };
         apply_event(state, event, reason.clone())?;
         let to = describe(state);
-        let entry = AuditEntry {
-            time: now_rfc3339(),
-            actor: actor.into(),
-            route: Some(route.into()),
-            action: action.into(),
-            from: Some(from),
-            to: Some(to),
-            reason,
-            outcome: "applied".into(),
-        };
+        let entry = AuditEntry::applied(actor, route, action, from, to, reason);
         inner.store.state.record(entry);
         if let Err(e) = inner.store.save() {
             inner.store.state = before;
@@ -295,16 +277,11 @@ impl Controller {
         }
         for (route, from, to) in stepped {
             changed = true;
-            inner.store.state.record(AuditEntry {
-                time: now_rfc3339(),
-                actor: "timer".into(),
-                route: Some(route),
-                action: "step".into(),
-                from: Some(from),
-                to: Some(to),
-                reason: Some("interval passed with the analysis passing".into()),
-                outcome: "applied".into(),
-            });
+            let reason = Some("interval passed with the analysis passing".to_string());
+            inner
+                .store
+                .state
+                .record(AuditEntry::applied("timer", &route, "step", from, to, reason));
         }
         if changed {
             if let Err(e) = inner.store.save() {
@@ -414,16 +391,14 @@ impl Controller {
         tracing::warn!(route, rule = rule.as_str(), reason = %reason, "canary aborted by the analysis");
         self.control_metrics.rollback(route, rule.as_str());
         inner.judged.insert(route.to_string(), Judged::default());
-        inner.store.state.record(AuditEntry {
-            time: now_rfc3339(),
-            actor: "analysis".into(),
-            route: Some(route.into()),
-            action: "abort".into(),
-            from: Some(from),
-            to: Some(to),
-            reason: Some(reason.clone()),
-            outcome: "applied".into(),
-        });
+        inner.store.state.record(AuditEntry::applied(
+            "analysis",
+            route,
+            "abort",
+            from,
+            to,
+            Some(reason.clone()),
+        ));
         if let Some(url) = webhook {
             let body = serde_json::json!({
                 "event": "canary_aborted",

@@ -89,6 +89,36 @@ pub struct AuditEntry {
     pub outcome: String,
 }
 
+impl AuditEntry {
+    /// An applied change of `route` from one weight and phase to another.
+    pub fn applied(actor: &str, route: &str, action: &str, from: String, to: String, reason: Option<String>) -> Self {
+        Self {
+            time: now_rfc3339(),
+            actor: actor.into(),
+            route: Some(route.into()),
+            action: action.into(),
+            from: Some(from),
+            to: Some(to),
+            reason,
+            outcome: "applied".into(),
+        }
+    }
+
+    /// A refused attempt and why.
+    pub fn refused(actor: &str, route: Option<&str>, action: &str, reason: Option<String>, why: &str) -> Self {
+        Self {
+            time: now_rfc3339(),
+            actor: actor.into(),
+            route: route.map(str::to_string),
+            action: action.into(),
+            from: None,
+            to: None,
+            reason,
+            outcome: format!("refused: {why}"),
+        }
+    }
+}
+
 /// Every route's live state and the recent audit trail, as saved on disk.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -146,16 +176,14 @@ impl State {
                     s.set_weight(file_weight);
                     s.revision += 1;
                     s.last_reason = Some("weight edited in the config file".into());
-                    changes.push(AuditEntry {
-                        time: now_rfc3339(),
-                        actor: "config-file".into(),
-                        route: Some(route.name.clone()),
-                        action: "config".into(),
-                        from: Some(from),
-                        to: Some(describe(s)),
-                        reason: s.last_reason.clone(),
-                        outcome: "applied".into(),
-                    });
+                    changes.push(AuditEntry::applied(
+                        "config-file",
+                        &route.name,
+                        "config",
+                        from,
+                        describe(s),
+                        s.last_reason.clone(),
+                    ));
                 }
                 Some(_) => {}
             }
