@@ -34,3 +34,7 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test (unit, end-to-end, benchmark smoke)"
 cargo test --workspace --all-targets
+
+echo "== benches/compare --smoke (the nginx/HAProxy harness, so it cannot rot; figures not judged)"
+CANARYD_BIN="$PWD/target/debug/canaryd" CANARYD_REV="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)-debug" \
+  bash benches/compare/run.sh --smoke
