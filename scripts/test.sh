@@ -32,9 +32,10 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-echo "== cargo test (unit, end-to-end, benchmark smoke)"
-cargo test --workspace --all-targets
-
+cargo build --workspace --bins --quiet
 echo "== benches/compare --smoke (the nginx/HAProxy harness, so it cannot rot; figures not judged)"
 CANARYD_BIN="$PWD/target/debug/canaryd" CANARYD_REV="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)-debug" \
   bash benches/compare/run.sh --smoke
+
+echo "== cargo test (unit, end-to-end, benchmark smoke)"
+cargo test --workspace --all-targets
