@@ -13,6 +13,8 @@ pub(crate) enum ProxyError {
     BadRequest(&'static str),
     #[error("route {route}: request body larger than {limit} bytes")]
     TooLarge { route: Box<str>, limit: u64 },
+    #[error("route {route}: the request body stalled")]
+    BodyStalled { route: Box<str> },
     #[error("no route for host {host:?} and path {path:?}")]
     NoRoute { host: String, path: String },
     #[error("route {route}: no endpoints for stable or canary")]
@@ -31,6 +33,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,

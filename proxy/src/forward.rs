@@ -17,7 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::body::TrackedBody;
+use crate::body::{BodyStalled, IdleBody, TrackedBody};
 use crate::endpoint::{Endpoint, InFlight};
 use crate::error::ProxyError;
 use crate::headers::{self, ClientInfo};
@@ -28,7 +28,7 @@ use crate::split::Variant;
 
 /// Body sent upstream: the client's stream (cut at the route's size limit), or nothing on
 /// a replayed attempt.
-pub type UpstreamBody = Either<Limited<Incoming>, Empty<Bytes>>;
+pub type UpstreamBody = Either<Limited<IdleBody>, Empty<Bytes>>;
 /// The one pooled HTTP/1.1 client shared by every route.
 pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
 /// Body sent to the client: the upstream's stream, or the proxy's own short answer.
@@ -71,6 +71,8 @@ enum Failure {
     Protocol,
     /// The client's body passed the route's limit while streaming.
     TooLarge,
+    /// The client's body sent nothing for the idle timeout.
+    BodyStalled,
 }
 
 /// The request's `Content-Length`, when there is exactly one valid one.
@@ -83,11 +85,11 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
     first.to_str().ok()?.trim().parse().ok()
 }
 
-/// True when the error chain holds the body limit's error.
-fn body_limit_hit(e: &(dyn std::error::Error + 'static)) -> bool {
+/// True when the error chain holds an error of type `T` (our body wrappers' errors).
+fn chain_has<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if err.is::<http_body_util::LengthLimitError>() {
+        if err.is::<T>() {
             return true;
         }
         cur = err.source();
@@ -135,6 +137,14 @@ impl Proxy {
         // The one snapshot load of this request; the guard is dropped before any await.
         let (route, settings, decision) = {
             let table = self.0.table.load();
+            if let Err(why) = headers::check_request(&req) {
+                let mut resp = reply(ProxyError::BadRequest(why));
+                if req.version() < Version::HTTP_2 {
+                    // The framing cannot be trusted: nothing more is read from this connection.
+                    resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                return resp;
+            }
             let Some(host) = request_host(&req) else {
                 return reply(ProxyError::BadRequest("missing Host header"));
             };
@@ -222,6 +232,7 @@ impl Proxy {
                 outcome,
             );
         }
+        let body = IdleBody::new(body, settings.body_idle_timeout);
         let body = Limited::new(body, if limit == 0 { usize::MAX } else { limit as usize });
         prepare_upstream_headers(&mut parts, client, variant, client_upgrade.is_some());
 
@@ -271,12 +282,39 @@ impl Proxy {
                     }
                 }
                 let (mut parts, body) = resp.into_parts();
+                if parts.headers.contains_key(http::header::TRANSFER_ENCODING)
+                    && parts.headers.contains_key(http::header::CONTENT_LENGTH)
+                {
+                    // Ambiguous framing from the backend: never pass on a length that may lie.
+                    route.metrics.upstream_error(variant, UpstreamErrorReason::Protocol);
+                    let err = ProxyError::Upstream {
+                        route: route.name.clone(),
+                        variant,
+                    };
+                    return (
+                        reply(err),
+                        Outcome {
+                            upstream_error: true,
+                            ..served
+                        },
+                    );
+                }
                 headers::strip_hop_by_hop(&mut parts.headers);
                 Response::from_parts(parts, Either::Left(TrackedBody::new(body, in_flight)))
             }
             Err(failure) => {
                 let name = route.name.clone();
                 let (reason, err) = match failure {
+                    Failure::BodyStalled => {
+                        let err = ProxyError::BodyStalled { route: name };
+                        return (
+                            reply(err),
+                            Outcome {
+                                served: false,
+                                ..served
+                            },
+                        );
+                    }
                     Failure::TooLarge => {
                         let err = ProxyError::TooLarge { route: name, limit };
                         return (
@@ -332,7 +370,8 @@ impl Proxy {
                 endpoint.record_connect_failure(settings.health_failures, settings.health_cooloff);
                 Err(Failure::Connect)
             }
-            Ok(Err(e)) if body_limit_hit(&e) => Err(Failure::TooLarge),
+            Ok(Err(e)) if chain_has::<http_body_util::LengthLimitError>(&e) => Err(Failure::TooLarge),
+            Ok(Err(e)) if chain_has::<BodyStalled>(&e) => Err(Failure::BodyStalled),
             Ok(Err(e)) => {
                 tracing::debug!(endpoint = %endpoint.authority(), error = ?e, "upstream exchange failed");
                 Err(Failure::Protocol)

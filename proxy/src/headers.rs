@@ -23,9 +23,75 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
-/// True for an HTTP/1.1 protocol upgrade request (WebSocket): `Connection: upgrade` plus `Upgrade`.
+/// True for a WebSocket upgrade request: `Connection: upgrade` plus `Upgrade: websocket`.
+/// Other upgrades (h2c above all, a known smuggling path) are never passed on.
 pub(crate) fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+    let websocket = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    websocket && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+/// Edge checks hyper does not make; the reason becomes the 400's body.
+pub(crate) fn check_request<B>(req: &http::Request<B>) -> Result<(), &'static str> {
+    if req.method() == http::Method::CONNECT {
+        return Err("CONNECT is not served here");
+    }
+    // A Transfer-Encoding that survived hyper must be exactly one `chunked`.
+    let mut codings = req
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("\u{0}").split(','))
+        .map(str::trim);
+    if let Some(first) = codings.next() {
+        if !first.eq_ignore_ascii_case("chunked") || codings.next().is_some() {
+            return Err("only Transfer-Encoding: chunked is accepted");
+        }
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err("more than one Host header");
+    }
+    if let Some(h) = host {
+        if !valid_authority(h.as_bytes()) {
+            return Err("invalid Host header");
+        }
+    }
+    if let Some(a) = req.uri().authority() {
+        if !valid_authority(a.as_str().as_bytes()) {
+            return Err("invalid authority in the request target");
+        }
+    }
+    Ok(())
+}
+
+/// `host[:port]` with a DNS name or IP literal, a numeric port, no user info.
+fn valid_authority(bytes: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return false;
+    };
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((v6, tail)) if v6.parse::<std::net::Ipv6Addr>().is_ok() => ("v6", tail.strip_prefix(':')),
+            _ => return false,
+        }
+    } else {
+        match text.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (text, None),
+        }
+    };
+    let host_ok = host == "v6"
+        || (!host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')));
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    host_ok && port_ok
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -148,11 +214,33 @@ mod tests {
     }
 
     #[test]
-    fn detects_upgrade() {
+    fn detects_websocket_upgrades_only() {
         let mut h = HeaderMap::new();
         h.insert(header::UPGRADE, "websocket".parse().unwrap());
         assert!(!is_upgrade_request(&h));
         h.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
         assert!(is_upgrade_request(&h));
+        h.insert(header::UPGRADE, "h2c".parse().unwrap());
+        assert!(!is_upgrade_request(&h));
+    }
+
+    #[test]
+    fn authorities() {
+        for ok in ["app", "app.example.com:8080", "[::1]:80", "10.0.0.1", "a_b.local"] {
+            assert!(valid_authority(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            "app evil",
+            "app, evil",
+            "user@app",
+            "app/evil",
+            "app:80x",
+            "app:",
+            "[zz]:80",
+            "app:123456",
+        ] {
+            assert!(!valid_authority(bad.as_bytes()), "{bad}");
+        }
     }
 }

@@ -18,6 +18,8 @@ use crate::window::Window;
 pub struct Settings {
     /// Time allowed from sending a request to receiving the upstream's headers.
     pub response_header_timeout: Duration,
+    /// A request body that sends nothing for this long is abandoned (408).
+    pub body_idle_timeout: Duration,
     /// Consecutive connect failures that take an endpoint out.
     pub health_failures: u32,
     /// How long an endpoint stays out.
@@ -133,6 +135,7 @@ impl RoutingTable {
             trusted_proxies: config.trusted_proxies.clone().into_boxed_slice(),
             settings: Settings {
                 response_header_timeout: config.timeouts.response_header,
+                body_idle_timeout: config.timeouts.idle,
                 health_failures: config.passive_health.failures,
                 health_cooloff: config.passive_health.cooloff,
                 access_log: config.access_log,

@@ -173,10 +173,18 @@ pub async fn serve<M, S, B>(
         let watcher = graceful.watcher();
         let builder = builder.clone();
         let tls = tls.clone();
+        let first_byte_timeout = opts.header_read_timeout;
         tokio::spawn(async move {
             let _slot = slot;
             let result = match tls {
                 None => {
+                    // hyper-util waits for the first bytes (to tell h1 from h2) with no timer:
+                    // a silent connection would hold its slot for ever.
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(first_byte_timeout, stream.peek(&mut first)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => return,
+                    }
                     watcher
                         .watch(
                             builder
