@@ -142,6 +142,9 @@ pub async fn serve<M, S, B>(
         .max_header_list_size(opts.h2_max_header_list_bytes);
     let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let graceful = GracefulShutdown::new();
+    // Tells connections still before their first request (silent, or in the TLS handshake)
+    // to give up at shutdown instead of holding the drain until their own timeout.
+    let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -174,16 +177,24 @@ pub async fn serve<M, S, B>(
         let builder = builder.clone();
         let tls = tls.clone();
         let first_byte_timeout = opts.header_read_timeout;
+        let mut closing = closing_rx.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            let closing = async move {
+                // An error means serve() is gone, which also means closing.
+                let _gone = closing.wait_for(|c| *c).await;
+            };
             let result = match tls {
                 None => {
                     // hyper-util waits for the first bytes (to tell h1 from h2) with no timer:
                     // a silent connection would hold its slot for ever.
                     let mut first = [0u8; 1];
-                    match tokio::time::timeout(first_byte_timeout, stream.peek(&mut first)).await {
-                        Ok(Ok(n)) if n > 0 => {}
-                        _ => return,
+                    tokio::select! {
+                        peeked = tokio::time::timeout(first_byte_timeout, stream.peek(&mut first)) => match peeked {
+                            Ok(Ok(n)) if n > 0 => {}
+                            _ => return,
+                        },
+                        () = closing => return,
                     }
                     watcher
                         .watch(
@@ -194,7 +205,10 @@ pub async fn serve<M, S, B>(
                         .await
                 }
                 Some(tls) => {
-                    let handshake = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await;
+                    let handshake = tokio::select! {
+                        h = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)) => h,
+                        () = closing => return,
+                    };
                     let stream = match handshake {
                         Ok(Ok(s)) => {
                             tls.metrics.count("ok");
@@ -225,6 +239,7 @@ pub async fn serve<M, S, B>(
         });
     }
     drop(listener);
+    closing_tx.send_replace(true);
     tracing::info!(drain = ?opts.drain, "listener closed, draining in-flight requests");
     if tokio::time::timeout(opts.drain, graceful.shutdown()).await.is_err() {
         tracing::warn!("drain timeout reached with requests still in flight");

@@ -56,3 +56,26 @@ async fn health_and_readiness_on_the_admin_listener() {
     let public = c.get(proxy.addr, "x", "/healthz").await.unwrap();
     assert_eq!(public.text(), "b");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_do_not_hold_up_shutdown() {
+    let backend = Backend::new("b").start().await;
+    let mut proxy = Canaryd::start(&Canaryd::config(&format!(
+        "timeouts: {{ drain: 30s, idle: 60s }}\nroutes:\n  - name: app\n    stable: {{ endpoints: [\"{}\"] }}\n",
+        backend.endpoint()
+    )));
+    // Connections that never send a byte (a client pool's spare ones, or an attacker's).
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        silent.push(tokio::net::TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    proxy.signal(libc::SIGTERM);
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "exit took {:?}",
+        started.elapsed()
+    );
+}
