@@ -24,6 +24,21 @@ fn setup(stable: &BackendHandle, canary: &BackendHandle, dir: &std::path::Path, 
     .replace("admin: {", &format!("admin: {{ tokens_file: \"{}\",", tokens.display()))
 }
 
+/// The stable and canary backends, kept alive for the test's length.
+type Backends = (BackendHandle, BackendHandle);
+
+/// Two backends and a canaryd with a tokens file, route `app` at weight 0; also returns its config.
+async fn start() -> (Backends, String, Canaryd) {
+    let (stable, canary) = (
+        Backend::new("stable").start().await,
+        Backend::new("canary").start().await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = setup(&stable, &canary, dir.path(), "0");
+    let proxy = Canaryd::start_in(&yaml, dir);
+    ((stable, canary), yaml, proxy)
+}
+
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
@@ -43,13 +58,7 @@ async fn route(proxy: &Canaryd) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_matrix_refuses_without_changing_anything_and_audits() {
-    let (stable, canary) = (
-        Backend::new("stable").start().await,
-        Backend::new("canary").start().await,
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let yaml = setup(&stable, &canary, dir.path(), "0");
-    let proxy = Canaryd::start_in(&yaml, dir);
+    let (_backends, _, proxy) = start().await;
     let before = route(&proxy).await;
     let prefix = &WRITE[..WRITE.len() - 1];
     let suffixed = format!("{WRITE}x");
@@ -131,13 +140,7 @@ async fn auth_matrix_refuses_without_changing_anything_and_audits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicts_stale_revisions_and_bad_input_change_nothing() {
-    let (stable, canary) = (
-        Backend::new("stable").start().await,
-        Backend::new("canary").start().await,
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let yaml = setup(&stable, &canary, dir.path(), "0");
-    let proxy = Canaryd::start_in(&yaml, dir);
+    let (_backends, _, proxy) = start().await;
     let w = bearer(WRITE);
     let auth = [("authorization", w.as_str())];
     let before = route(&proxy).await;
@@ -243,13 +246,7 @@ async fn conflicts_stale_revisions_and_bad_input_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollout_survives_restart_and_kill_9() {
-    let (stable, canary) = (
-        Backend::new("stable").start().await,
-        Backend::new("canary").start().await,
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let yaml = setup(&stable, &canary, dir.path(), "0");
-    let mut proxy = Canaryd::start_in(&yaml, dir);
+    let (_backends, yaml, mut proxy) = start().await;
     let w = bearer(WRITE);
     let auth = [("authorization", w.as_str())];
     let (status, _, started) = admin_call(
@@ -336,13 +333,7 @@ async fn rollout_survives_restart_and_kill_9() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_validates_and_lists_every_served_endpoint() {
-    let (stable, canary) = (
-        Backend::new("stable").start().await,
-        Backend::new("canary").start().await,
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let yaml = setup(&stable, &canary, dir.path(), "0");
-    let proxy = Canaryd::start_in(&yaml, dir);
+    let (_backends, _, proxy) = start().await;
     let w = bearer(WRITE);
     let (status, _, doc) = admin_call(proxy.admin, "GET", "/api/v1/openapi.json", &[("authorization", &w)], "").await;
     assert_eq!(status, 200);
@@ -394,13 +385,7 @@ async fn openapi_document_validates_and_lists_every_served_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_weight_change_reaches_the_very_next_request() {
-    let (stable, canary) = (
-        Backend::new("stable").start().await,
-        Backend::new("canary").start().await,
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let yaml = setup(&stable, &canary, dir.path(), "0");
-    let proxy = Canaryd::start_in(&yaml, dir);
+    let (_backends, _, proxy) = start().await;
     let api = canary_control::client::ApiClient::new(&format!("http://{}", proxy.admin), Some(WRITE.into())).unwrap();
     let c = Client::new();
     let mut delays = Vec::new();
