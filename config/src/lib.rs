@@ -11,8 +11,9 @@ mod weight;
 
 pub use error::{ConfigError, FieldError};
 pub use model::{
-    Admin, Affinity, AffinityKey, Analysis, Backend, CertificateFiles, Config, Endpoint, HostPattern, Hsts, Listen,
-    Overrides, PassiveHealth, PrometheusCheck, Route, State, Timeouts, Tls,
+    Admin, Affinity, AffinityKey, Analysis, Backend, CertificateFiles, Config, Endpoint, HeaderMatch, HostPattern,
+    Hsts, KubeSource, KubeTarget, Kubernetes, Listen, Overrides, PassiveHealth, PortRef, PrometheusCheck, Route, State,
+    Timeouts, Tls,
 };
 pub use weight::{Weight, WeightError};
 
@@ -27,4 +28,22 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         }
     })?;
     validate::validate(raw).map_err(ConfigError::Invalid)
+}
+
+/// Parses and validates one route written as JSON in the config file's shape (a route
+/// built from a CanaryRoute or an Ingress). Error paths start with `at`. Overlaps with
+/// other routes are not checked here.
+pub fn parse_route(value: serde_json::Value, at: &str, default_max_body_bytes: u64) -> Result<Route, ConfigError> {
+    let raw: raw::RawRoute = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        ConfigError::Syntax {
+            path: if path == "." {
+                at.to_string()
+            } else {
+                format!("{at}.{path}")
+            },
+            message: e.into_inner().to_string(),
+        }
+    })?;
+    validate::single_route(raw, at, default_max_body_bytes).map_err(ConfigError::Invalid)
 }

@@ -26,6 +26,8 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// One log line per request at info level.
     pub access_log: bool,
+    /// What kubernetes mode watches (ignored in standalone mode).
+    pub kubernetes: Kubernetes,
     /// Routes in file order.
     pub routes: Vec<Route>,
 }
@@ -134,6 +136,8 @@ pub struct Route {
     pub hosts: Vec<HostPattern>,
     /// Normalised path prefix: starts with `/`, no trailing `/` except the root.
     pub path_prefix: String,
+    /// `path_prefix` is an exact path, not a prefix (Ingress `pathType: Exact`).
+    pub path_exact: bool,
     /// The stable variant's backend.
     pub stable: Backend,
     /// The canary variant's backend.
@@ -243,9 +247,44 @@ pub enum AffinityKey {
 pub struct Overrides {
     /// Request header name, lower-case.
     pub header: Option<String>,
+    /// With it, the header sends to the canary only when it has this value (else it is ignored),
+    /// instead of `always` / `never` (ingress-nginx's `canary-by-header-value`/`-pattern`).
+    pub header_match: Option<HeaderMatch>,
     /// Cookie name.
     pub cookie: Option<String>,
 }
+
+/// A header value that means "canary".
+#[derive(Debug, Clone)]
+pub enum HeaderMatch {
+    /// Exactly this value.
+    Value(String),
+    /// A whole-value regular expression match.
+    Pattern(regex::Regex),
+}
+
+impl HeaderMatch {
+    /// Whether a header value asks for the canary.
+    #[inline]
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            HeaderMatch::Value(v) => v == value,
+            HeaderMatch::Pattern(p) => p.is_match(value),
+        }
+    }
+}
+
+impl PartialEq for HeaderMatch {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (HeaderMatch::Value(a), HeaderMatch::Value(b)) => a == b,
+            (HeaderMatch::Pattern(a), HeaderMatch::Pattern(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for HeaderMatch {}
 
 /// A host to match, lower-cased.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -268,8 +307,66 @@ impl std::fmt::Display for HostPattern {
 /// Where a variant's traffic goes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Backend {
-    /// Static endpoints.
+    /// Static endpoints; for a `kubernetes` source, the ones discovered so far.
     pub endpoints: Vec<Endpoint>,
+    /// Endpoints discovered from the cluster (kubernetes mode).
+    pub kubernetes: Option<KubeSource>,
+}
+
+/// Endpoints watched in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KubeSource {
+    /// Namespace; `None`: the route's (a CanaryRoute's) or `kubernetes.namespace`.
+    pub namespace: Option<String>,
+    /// What to watch.
+    pub target: KubeTarget,
+}
+
+/// The objects whose addresses are a variant's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KubeTarget {
+    /// EndpointSlices labelled `kubernetes.io/service-name: NAME`, at a port of the Service.
+    Service {
+        /// The Service.
+        name: String,
+        /// The port, by name or number.
+        port: PortRef,
+    },
+    /// Ready Pods matching a label selector (`id=app,type=canary`), at a container port.
+    Selector {
+        /// The label selector, as Kubernetes writes it.
+        selector: String,
+        /// The port.
+        port: u16,
+    },
+}
+
+/// A Service port by name or by number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PortRef {
+    /// `http`
+    Name(String),
+    /// `8080`
+    Number(u16),
+}
+
+/// Kubernetes-mode settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kubernetes {
+    /// Namespace of sources that name none, and of the leader Lease.
+    pub namespace: String,
+    /// Ingresses of this class become routes; `None`: Ingresses are not watched.
+    pub ingress_class: Option<String>,
+    /// Watch `CanaryRoute` custom resources.
+    pub canary_routes: bool,
+    /// Watch CanaryRoutes and Ingresses in this namespace only; `None`: all namespaces.
+    pub watch_namespace: Option<String>,
+    /// `namespace/name` of canaryd's own LoadBalancer Service, whose address goes in Ingress status.
+    pub publish_service: Option<(String, String)>,
+    /// Name of the leader-election Lease.
+    pub lease_name: String,
+    /// How long a leader's Lease lasts without renewal.
+    pub lease_duration: Duration,
 }
 
 /// An upstream address `host:port` (IP literal or DNS name), as written in an HTTP authority.

@@ -14,7 +14,34 @@ pub(crate) struct RawConfig {
     pub limits: RawLimits,
     pub trusted_proxies: Vec<String>,
     pub access_log: bool,
+    pub kubernetes: RawKubernetes,
     pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawKubernetes {
+    pub namespace: String,
+    pub ingress_class: Option<String>,
+    pub canary_routes: bool,
+    pub watch_namespace: Option<String>,
+    pub publish_service: Option<String>,
+    pub lease_name: String,
+    pub lease_duration: String,
+}
+
+impl Default for RawKubernetes {
+    fn default() -> Self {
+        Self {
+            namespace: "default".into(),
+            ingress_class: Some("canaryd".into()),
+            canary_routes: true,
+            watch_namespace: None,
+            publish_service: None,
+            lease_name: "canaryd-leader".into(),
+            lease_duration: "15s".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,6 +196,8 @@ pub(crate) struct RawRoute {
     pub hosts: Vec<String>,
     #[serde(default = "default_prefix")]
     pub path_prefix: String,
+    #[serde(default)]
+    pub path_exact: bool,
     pub stable: RawBackend,
     #[serde(default)]
     pub canary: RawBackend,
@@ -274,6 +303,8 @@ pub(crate) enum RawAffinityKey {
 pub(crate) struct RawOverride {
     pub enabled: bool,
     pub header: String,
+    pub header_value: Option<String>,
+    pub header_pattern: Option<String>,
     pub cookie: String,
 }
 
@@ -282,6 +313,8 @@ impl Default for RawOverride {
         Self {
             enabled: true,
             header: "x-canary".into(),
+            header_value: None,
+            header_pattern: None,
             cookie: "canary".into(),
         }
     }
@@ -296,4 +329,22 @@ fn default_prefix() -> String {
 pub(crate) struct RawBackend {
     #[serde(default)]
     pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub kubernetes: Option<RawKubeSource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawKubeSource {
+    pub namespace: Option<String>,
+    pub service: Option<String>,
+    pub selector: Option<String>,
+    pub port: RawPort,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawPort {
+    Number(u32),
+    Name(String),
 }

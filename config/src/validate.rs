@@ -52,7 +52,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     let mut routes = Vec::with_capacity(raw.routes.len());
     let mut names: HashMap<String, usize> = HashMap::new();
     // (host pattern or None for any host, prefix) → route index, to find overlaps.
-    let mut matchers: HashMap<(Option<HostPattern>, String), usize> = HashMap::new();
+    let mut matchers: HashMap<(Option<HostPattern>, String, bool), usize> = HashMap::new();
     for (i, r) in raw.routes.into_iter().enumerate() {
         let at = format!("routes[{i}]");
         if let Err(m) = route_name(&r.name) {
@@ -63,14 +63,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
                 format!("{:?} is already the name of routes[{first}]", r.name),
             );
         }
-        let mut hosts = Vec::with_capacity(r.hosts.len());
-        for (j, h) in r.hosts.iter().enumerate() {
-            match host_pattern(h) {
-                Ok(p) if hosts.contains(&p) => errs.push(format!("{at}.hosts[{j}]"), format!("{h:?} is listed twice")),
-                Ok(p) => hosts.push(p),
-                Err(m) => errs.push(format!("{at}.hosts[{j}]"), m),
-            }
-        }
+        let hosts = hosts(&mut errs, &at, &r.hosts);
         let path_prefix = match path_prefix(&r.path_prefix) {
             Ok(p) => p,
             Err(m) => {
@@ -86,7 +79,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             };
             for key in keys {
                 let shown = key.as_ref().map_or_else(|| "any host".to_string(), |h| h.to_string());
-                if let Some(other) = matchers.insert((key, path_prefix.clone()), i) {
+                if let Some(other) = matchers.insert((key, path_prefix.clone(), r.path_exact), i) {
                     errs.push(
                         format!("{at}.path_prefix"),
                         format!("{shown} with prefix {path_prefix:?} is already served by routes[{other}]"),
@@ -94,42 +87,14 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
                 }
             }
         }
-        let stable = backend(&mut errs, &format!("{at}.stable"), &r.stable);
-        let canary = backend(&mut errs, &format!("{at}.canary"), &r.canary);
-        let weight = match Weight::from_percent(r.weight) {
-            Ok(w) => w,
-            Err(e) => {
-                errs.push(format!("{at}.weight"), e.to_string());
-                Weight::ZERO
-            }
-        };
-        let affinity = r
-            .affinity
-            .as_ref()
-            .and_then(|a| affinity(&mut errs, &format!("{at}.affinity"), a));
-        let overrides = overrides(&mut errs, &format!("{at}.override"), &r.overrides);
-        let rollout = r.rollout.as_ref().map_or_else(RolloutPlan::default, |p| {
-            rollout_plan(&mut errs, &format!("{at}.rollout"), p)
-        });
-        routes.push(Route {
-            name: r.name,
+        routes.push(route_body(
+            &mut errs,
+            &at,
+            r,
             hosts,
             path_prefix,
-            stable,
-            canary,
-            weight,
-            affinity,
-            overrides,
-            canary_only: r.canary_only,
-            expose_variant: r.expose_variant,
-            rollout,
-            redirect_https: r.redirect_https,
-            max_body_bytes: r.max_body_bytes.unwrap_or(raw.limits.max_body_bytes),
-            hsts: r.hsts.as_ref().map(|h| Hsts {
-                max_age: duration(&mut errs, &format!("{at}.hsts.max_age"), &h.max_age),
-                include_subdomains: h.include_subdomains,
-            }),
-        });
+            raw.limits.max_body_bytes,
+        ));
     }
 
     let mut trusted_proxies = Vec::with_capacity(raw.trusted_proxies.len());
@@ -194,10 +159,13 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         );
     }
 
+    let kubernetes = kubernetes(&mut errs, &raw.kubernetes);
+
     if !errs.0.is_empty() {
         return Err(errs.0);
     }
     Ok(Config {
+        kubernetes,
         listen: Listen {
             http: http.expect("checked above"),
             https,
@@ -215,6 +183,86 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         access_log: raw.access_log,
         routes,
     })
+}
+
+fn hosts(errs: &mut Errors, at: &str, raw: &[String]) -> Vec<HostPattern> {
+    let mut hosts = Vec::with_capacity(raw.len());
+    for (j, h) in raw.iter().enumerate() {
+        match host_pattern(h) {
+            Ok(p) if hosts.contains(&p) => errs.push(format!("{at}.hosts[{j}]"), format!("{h:?} is listed twice")),
+            Ok(p) => hosts.push(p),
+            Err(m) => errs.push(format!("{at}.hosts[{j}]"), m),
+        }
+    }
+    hosts
+}
+
+/// The parts of a route checked alone (not against other routes).
+fn route_body(
+    errs: &mut Errors,
+    at: &str,
+    r: RawRoute,
+    hosts: Vec<HostPattern>,
+    path_prefix: String,
+    default_max_body_bytes: u64,
+) -> Route {
+    let stable = backend(errs, &format!("{at}.stable"), &r.stable);
+    let canary = backend(errs, &format!("{at}.canary"), &r.canary);
+    let weight = match Weight::from_percent(r.weight) {
+        Ok(w) => w,
+        Err(e) => {
+            errs.push(format!("{at}.weight"), e.to_string());
+            Weight::ZERO
+        }
+    };
+    let affinity = r
+        .affinity
+        .as_ref()
+        .and_then(|a| affinity(errs, &format!("{at}.affinity"), a));
+    let overrides = overrides(errs, &format!("{at}.override"), &r.overrides);
+    let rollout = r.rollout.as_ref().map_or_else(RolloutPlan::default, |p| {
+        rollout_plan(errs, &format!("{at}.rollout"), p)
+    });
+    Route {
+        name: r.name,
+        hosts,
+        path_prefix,
+        path_exact: r.path_exact,
+        stable,
+        canary,
+        weight,
+        affinity,
+        overrides,
+        canary_only: r.canary_only,
+        expose_variant: r.expose_variant,
+        rollout,
+        redirect_https: r.redirect_https,
+        max_body_bytes: r.max_body_bytes.unwrap_or(default_max_body_bytes),
+        hsts: r.hsts.as_ref().map(|h| Hsts {
+            max_age: duration(errs, &format!("{at}.hsts.max_age"), &h.max_age),
+            include_subdomains: h.include_subdomains,
+        }),
+    }
+}
+
+/// Checks one route given as JSON in the config file's shape (from a CanaryRoute or an
+/// Ingress); `at` prefixes error paths. Overlaps with other routes are the caller's to check.
+pub(crate) fn single_route(raw: RawRoute, at: &str, default_max_body_bytes: u64) -> Result<Route, Vec<FieldError>> {
+    let mut errs = Errors(Vec::new());
+    if let Err(m) = route_name(&raw.name) {
+        errs.push(format!("{at}.name"), m);
+    }
+    let hosts = hosts(&mut errs, at, &raw.hosts);
+    let path_prefix = path_prefix(&raw.path_prefix).unwrap_or_else(|m| {
+        errs.push(format!("{at}.path_prefix"), m);
+        "/".into()
+    });
+    let route = route_body(&mut errs, at, raw, hosts, path_prefix, default_max_body_bytes);
+    if errs.0.is_empty() {
+        Ok(route)
+    } else {
+        Err(errs.0)
+    }
 }
 
 fn affinity(errs: &mut Errors, at: &str, raw: &RawAffinity) -> Option<Affinity> {
@@ -424,6 +472,7 @@ fn overrides(errs: &mut Errors, at: &str, raw: &RawOverride) -> Overrides {
     if !raw.enabled {
         return Overrides {
             header: None,
+            header_match: None,
             cookie: None,
         };
     }
@@ -433,8 +482,25 @@ fn overrides(errs: &mut Errors, at: &str, raw: &RawOverride) -> Overrides {
     if let Err(m) = cookie_name(&raw.cookie) {
         errs.push(format!("{at}.cookie"), m);
     }
+    // As in ingress-nginx, an exact value wins over a pattern.
+    let header_match = match (&raw.header_value, &raw.header_pattern) {
+        (Some(v), _) if v.is_empty() => {
+            errs.push(format!("{at}.header_value"), "must not be empty");
+            None
+        }
+        (Some(v), _) => Some(HeaderMatch::Value(v.clone())),
+        (None, Some(p)) => match regex::Regex::new(&format!("^(?:{p})$")) {
+            Ok(re) => Some(HeaderMatch::Pattern(re)),
+            Err(e) => {
+                errs.push(format!("{at}.header_pattern"), format!("not a regular expression: {e}"));
+                None
+            }
+        },
+        (None, None) => None,
+    };
     Overrides {
         header: Some(raw.header.to_ascii_lowercase()),
+        header_match,
         cookie: Some(raw.cookie.clone()),
     }
 }
@@ -506,19 +572,181 @@ fn backend(errs: &mut Errors, at: &str, raw: &RawBackend) -> Backend {
             Err(m) => errs.push(format!("{at}.endpoints[{k}]"), m),
         }
     }
-    Backend { endpoints }
+    let kubernetes = raw.kubernetes.as_ref().and_then(|k| {
+        if !endpoints.is_empty() {
+            errs.push(
+                format!("{at}.kubernetes"),
+                "give either endpoints or a kubernetes source, not both",
+            );
+        }
+        kube_source(errs, &format!("{at}.kubernetes"), k)
+    });
+    Backend { endpoints, kubernetes }
+}
+
+fn kubernetes(errs: &mut Errors, raw: &RawKubernetes) -> Kubernetes {
+    let at = "kubernetes";
+    for (field, value) in [
+        ("namespace", Some(&raw.namespace)),
+        ("watch_namespace", raw.watch_namespace.as_ref()),
+    ] {
+        if let Some(v) = value {
+            if !dns_label(v) {
+                errs.push(format!("{at}.{field}"), format!("{v:?} is not a namespace name"));
+            }
+        }
+    }
+    if let Some(class) = &raw.ingress_class {
+        if !dns_name(class) {
+            errs.push(
+                format!("{at}.ingress_class"),
+                format!("{class:?} is not an IngressClass name"),
+            );
+        }
+    }
+    let publish_service = raw.publish_service.as_ref().and_then(|s| match s.split_once('/') {
+        Some((ns, name)) if dns_label(ns) && dns_label(name) => Some((ns.to_string(), name.to_string())),
+        _ => {
+            errs.push(
+                format!("{at}.publish_service"),
+                format!("{s:?} is not NAMESPACE/NAME of a Service"),
+            );
+            None
+        }
+    });
+    if !dns_name(&raw.lease_name) {
+        errs.push(
+            format!("{at}.lease_name"),
+            format!("{:?} is not a Lease name", raw.lease_name),
+        );
+    }
+    let lease_duration = duration(errs, &format!("{at}.lease_duration"), &raw.lease_duration);
+    if lease_duration < Duration::from_secs(2) {
+        errs.push(format!("{at}.lease_duration"), "must be at least 2s");
+    }
+    Kubernetes {
+        namespace: raw.namespace.clone(),
+        ingress_class: raw.ingress_class.clone(),
+        canary_routes: raw.canary_routes,
+        watch_namespace: raw.watch_namespace.clone(),
+        publish_service,
+        lease_name: raw.lease_name.clone(),
+        lease_duration,
+    }
+}
+
+fn kube_source(errs: &mut Errors, at: &str, raw: &RawKubeSource) -> Option<KubeSource> {
+    if let Some(ns) = &raw.namespace {
+        if !dns_label(ns) {
+            errs.push(format!("{at}.namespace"), format!("{ns:?} is not a namespace name"));
+        }
+    }
+    let target = match (&raw.service, &raw.selector, &raw.port) {
+        (Some(_), Some(_), _) | (None, None, _) => {
+            errs.push(at.to_string(), "give exactly one of service or selector");
+            return None;
+        }
+        (Some(name), None, port) => {
+            if !dns_label(name) {
+                errs.push(format!("{at}.service"), format!("{name:?} is not a Service name"));
+            }
+            let port = match port {
+                RawPort::Number(n) => PortRef::Number(port_number(errs, at, *n)?),
+                RawPort::Name(n) if dns_label(n) && n.len() <= 15 => PortRef::Name(n.clone()),
+                RawPort::Name(n) => match n.parse::<u32>() {
+                    Ok(num) => PortRef::Number(port_number(errs, at, num)?),
+                    Err(_) => {
+                        errs.push(format!("{at}.port"), format!("{n:?} is not a port name or number"));
+                        return None;
+                    }
+                },
+            };
+            KubeTarget::Service {
+                name: name.clone(),
+                port,
+            }
+        }
+        (None, Some(selector), port) => {
+            if let Err(m) = label_selector(selector) {
+                errs.push(format!("{at}.selector"), m);
+            }
+            let port = match port {
+                RawPort::Number(n) => port_number(errs, at, *n)?,
+                RawPort::Name(n) => match n.parse::<u32>() {
+                    Ok(num) => port_number(errs, at, num)?,
+                    Err(_) => {
+                        errs.push(
+                            format!("{at}.port"),
+                            format!("{n:?}: a selector source needs a port number (Pods have no named Service port)"),
+                        );
+                        return None;
+                    }
+                },
+            };
+            KubeTarget::Selector {
+                selector: selector.clone(),
+                port,
+            }
+        }
+    };
+    Some(KubeSource {
+        namespace: raw.namespace.clone(),
+        target,
+    })
+}
+
+fn port_number(errs: &mut Errors, at: &str, n: u32) -> Option<u16> {
+    match u16::try_from(n) {
+        Ok(p) if p > 0 => Some(p),
+        _ => {
+            errs.push(format!("{at}.port"), format!("{n} is not a port number (1..65535)"));
+            None
+        }
+    }
+}
+
+/// RFC 1123 label: namespaces, Service names and port names.
+fn dns_label(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 63
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !text.starts_with('-')
+        && !text.ends_with('-')
+}
+
+/// Equality-based label selectors (`a=b,c!=d`) and existence (`a`, `!a`), as `kubectl -l` takes them.
+fn label_selector(text: &str) -> Result<(), String> {
+    let key_ok = |k: &str| {
+        let name = k.rsplit_once('/').map_or(k, |(_, n)| n);
+        !name.is_empty() && name.len() <= 63 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    let value_ok = |v: &str| v.len() <= 63 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if text.trim().is_empty() {
+        return Err("an empty selector would match every Pod of the namespace".into());
+    }
+    for term in text.split(',') {
+        let term = term.trim();
+        let ok = if let Some((k, v)) = term.split_once("!=") {
+            key_ok(k.trim()) && value_ok(v.trim())
+        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            key_ok(k.trim()) && value_ok(v.trim())
+        } else {
+            key_ok(term.strip_prefix('!').unwrap_or(term))
+        };
+        if !ok {
+            return Err(format!(
+                "{term:?} is not a selector term (key=value, key!=value, key or !key, joined by commas)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Route names appear in URLs, metric labels and logs: DNS-label syntax keeps them safe everywhere.
 fn route_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
+    if dns_label(name) {
         Ok(())
     } else {
         Err(format!("{name:?} is not a valid name: use 1 to 63 lower-case letters, digits and '-', not starting or ending with '-'"))

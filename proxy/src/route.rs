@@ -130,13 +130,17 @@ impl Route {
                 None // other values are ignored, not errors
             }
         };
-        let by_header = self
+        let header = self
             .overrides
             .header
             .as_deref()
             .and_then(|name| headers.get(name))
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse(v.trim()));
+            .and_then(|v| v.to_str().ok());
+        let by_header = header.and_then(|v| match &self.overrides.header_match {
+            // With a value or pattern (ingress-nginx style), a match means canary and anything else is ignored.
+            Some(m) => m.matches(v).then_some(Variant::Canary),
+            None => parse(v.trim()),
+        });
         by_header.or_else(|| {
             let name = self.overrides.cookie.as_deref()?;
             affinity::cookie(headers, name).and_then(parse)

@@ -47,17 +47,36 @@ impl LiveRoute {
     }
 }
 
-/// Routes of one host pattern, longest prefix first.
+/// Routes of one host pattern: (path, exact, route), longest path first, exact before prefix.
 #[derive(Debug, Default)]
-struct PrefixList(Vec<(Box<str>, Arc<Route>)>);
+struct PrefixList(Vec<(Box<str>, bool, Arc<Route>)>);
 
 impl PrefixList {
     fn find(&self, path: &str) -> Option<&Arc<Route>> {
-        self.0.iter().find(|(p, _)| prefix_matches(p, path)).map(|(_, r)| r)
+        self.0
+            .iter()
+            .find(|(p, exact, _)| {
+                if *exact {
+                    exact_matches(p, path)
+                } else {
+                    prefix_matches(p, path)
+                }
+            })
+            .map(|(_, _, r)| r)
     }
 
     fn sort(&mut self) {
-        self.0.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        self.0
+            .sort_by_key(|(prefix, exact, _)| (std::cmp::Reverse(prefix.len()), !exact));
+    }
+}
+
+/// An exact path (Ingress `pathType: Exact`) matches itself, with or without a query.
+#[inline]
+fn exact_matches(exact: &str, path: &str) -> bool {
+    match path.strip_prefix(exact) {
+        Some(rest) => rest.is_empty() || rest.starts_with('?'),
+        None => false,
     }
 }
 
@@ -174,7 +193,7 @@ impl RoutingTable {
                 metrics: metrics.for_route(&r.name),
                 windows: windows_for(r, previous),
             });
-            let entry = (Box::<str>::from(r.path_prefix.as_str()), route.clone());
+            let entry = (Box::<str>::from(r.path_prefix.as_str()), r.path_exact, route.clone());
             if r.hosts.is_empty() {
                 table.any_host.0.push(entry);
             } else {
@@ -343,6 +362,21 @@ routes:
         assert_eq!(name(&t, "other.org", "/public"), Some("any"));
         assert_eq!(name(&t, "other.org", "/private"), None);
         assert_eq!(name(&t, "[::1]:8080", "/public/a"), Some("any"));
+    }
+
+    #[test]
+    fn exact_paths_match_only_themselves_and_win_over_prefixes() {
+        let t = table(
+            r#"
+routes:
+  - { name: prefix, path_prefix: /login, stable: { endpoints: ["127.0.0.1:1"] } }
+  - { name: exact, path_prefix: /login, path_exact: true, stable: { endpoints: ["127.0.0.1:2"] } }
+"#,
+        );
+        assert_eq!(name(&t, "x", "/login"), Some("exact"));
+        assert_eq!(name(&t, "x", "/login?next=/"), Some("exact"));
+        assert_eq!(name(&t, "x", "/login/"), Some("prefix"));
+        assert_eq!(name(&t, "x", "/login/sso"), Some("prefix"));
     }
 
     #[test]
