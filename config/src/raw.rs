@@ -302,20 +302,22 @@ pub(crate) enum RawAffinityKey {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawOverride {
     pub enabled: bool,
-    pub header: String,
+    /// `null`: no override header.
+    pub header: Option<String>,
     pub header_value: Option<String>,
     pub header_pattern: Option<String>,
-    pub cookie: String,
+    /// `null`: no override cookie.
+    pub cookie: Option<String>,
 }
 
 impl Default for RawOverride {
     fn default() -> Self {
         Self {
             enabled: true,
-            header: "x-canary".into(),
+            header: Some("x-canary".into()),
             header_value: None,
             header_pattern: None,
-            cookie: "canary".into(),
+            cookie: Some("canary".into()),
         }
     }
 }

@@ -476,11 +476,14 @@ fn overrides(errs: &mut Errors, at: &str, raw: &RawOverride) -> Overrides {
             cookie: None,
         };
     }
-    if let Err(m) = header_name(&raw.header) {
+    if let Some(Err(m)) = raw.header.as_deref().map(header_name) {
         errs.push(format!("{at}.header"), m);
     }
-    if let Err(m) = cookie_name(&raw.cookie) {
+    if let Some(Err(m)) = raw.cookie.as_deref().map(cookie_name) {
         errs.push(format!("{at}.cookie"), m);
+    }
+    if raw.header.is_none() && (raw.header_value.is_some() || raw.header_pattern.is_some()) {
+        errs.push(format!("{at}.header"), "header_value and header_pattern need a header name");
     }
     // As in ingress-nginx, an exact value wins over a pattern.
     let header_match = match (&raw.header_value, &raw.header_pattern) {
@@ -499,9 +502,9 @@ fn overrides(errs: &mut Errors, at: &str, raw: &RawOverride) -> Overrides {
         (None, None) => None,
     };
     Overrides {
-        header: Some(raw.header.to_ascii_lowercase()),
+        header: raw.header.as_deref().map(str::to_ascii_lowercase),
         header_match,
-        cookie: Some(raw.cookie.clone()),
+        cookie: raw.cookie.clone(),
     }
 }
 
