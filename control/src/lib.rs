@@ -8,6 +8,7 @@ pub mod auth;
 pub mod certificates;
 pub mod client;
 pub mod config_file;
+pub mod kubernetes;
 pub mod controller;
 pub mod demo;
 pub mod logging;

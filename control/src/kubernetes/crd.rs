@@ -1,0 +1,1 @@
+//! The `CanaryRoute` custom resource.
