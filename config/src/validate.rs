@@ -483,7 +483,10 @@ fn overrides(errs: &mut Errors, at: &str, raw: &RawOverride) -> Overrides {
         errs.push(format!("{at}.cookie"), m);
     }
     if raw.header.is_none() && (raw.header_value.is_some() || raw.header_pattern.is_some()) {
-        errs.push(format!("{at}.header"), "header_value and header_pattern need a header name");
+        errs.push(
+            format!("{at}.header"),
+            "header_value and header_pattern need a header name",
+        );
     }
     // As in ingress-nginx, an exact value wins over a pattern.
     let header_match = match (&raw.header_value, &raw.header_pattern) {

@@ -113,6 +113,8 @@ impl From<CommandError> for ApiError {
             CommandError::Rollout(crate::rollout::RolloutError::BadSteps) => StatusCode::BAD_REQUEST,
             CommandError::Rollout(_) => StatusCode::CONFLICT,
             CommandError::Persist(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            CommandError::NotOurs { .. } => StatusCode::CONFLICT,
+            CommandError::Cluster { .. } => StatusCode::SERVICE_UNAVAILABLE,
         };
         let field = match &e {
             CommandError::UnknownRoute(_) => Some("route"),
@@ -179,13 +181,25 @@ impl Api {
         match endpoint {
             Endpoint::ListRoutes => Ok(json(StatusCode::OK, &list_routes(c))),
             Endpoint::GetRoute => get_route(c, &call).map(route_response),
-            Endpoint::SetWeight => set_weight(c, &call, parse(&body)?).map(route_response),
-            Endpoint::StartRollout => start_rollout(c, &call, parse_or_default(&body)?).map(route_response),
-            Endpoint::Step => step(c, &call, parse_or_default(&body)?).map(route_response),
-            Endpoint::Pause => pause(c, &call, parse_or_default(&body)?).map(route_response),
-            Endpoint::Resume => resume(c, &call, parse_or_default(&body)?).map(route_response),
-            Endpoint::Promote => promote(c, &call, parse_or_default(&body)?).map(route_response),
-            Endpoint::Abort => abort(c, &call, parse_or_default(&body)?).map(route_response),
+            Endpoint::SetWeight => command(c, &call, set_weight(parse(&body)?)).await.map(route_response),
+            Endpoint::StartRollout => command(c, &call, start_rollout(parse_or_default(&body)?))
+                .await
+                .map(route_response),
+            Endpoint::Step => command(c, &call, step(parse_or_default(&body)?))
+                .await
+                .map(route_response),
+            Endpoint::Pause => command(c, &call, pause(parse_or_default(&body)?))
+                .await
+                .map(route_response),
+            Endpoint::Resume => command(c, &call, resume(parse_or_default(&body)?))
+                .await
+                .map(route_response),
+            Endpoint::Promote => command(c, &call, promote(parse_or_default(&body)?))
+                .await
+                .map(route_response),
+            Endpoint::Abort => command(c, &call, abort(parse_or_default(&body)?))
+                .await
+                .map(route_response),
             Endpoint::Audit => {
                 let query = AuditQuery::parse(&query)?;
                 Ok(json(StatusCode::OK, &audit(c, &query)))
@@ -325,8 +339,13 @@ fn route_response(status: RouteStatus) -> Response<Full<Bytes>> {
     resp
 }
 
-fn command(c: &Controller, call: &Call, command: Command, reason: Option<String>) -> Result<RouteStatus, ApiError> {
-    Ok(c.command(call.route, command, &call.actor, reason, call.if_match)?)
+/// A command an endpoint asks for, with the caller's reason.
+type Asked = Result<(Command, Option<String>), ApiError>;
+
+async fn command(c: &Controller, call: &Call<'_>, asked: Asked) -> Result<RouteStatus, ApiError> {
+    let (command, reason) = asked?;
+    Ok(c.command_async(call.route, command, &call.actor, reason, call.if_match)
+        .await?)
 }
 
 /// List every route with its weight, phase and traffic.
@@ -349,16 +368,16 @@ fn get_route(c: &Controller, call: &Call) -> Result<RouteStatus, ApiError> {
     params(("route" = String, Path, description = "Route name"), ("If-Match" = Option<String>, Header, description = "Expected revision")),
     responses((status = 200, body = RouteStatus), (status = 400, body = ApiErrorBody), (status = 403, body = ApiErrorBody),
               (status = 404, body = ApiErrorBody), (status = 412, body = ApiErrorBody)))]
-fn set_weight(c: &Controller, call: &Call, body: WeightRequest) -> Result<RouteStatus, ApiError> {
+fn set_weight(body: WeightRequest) -> Asked {
     let weight = percent(body.percent, "percent")?;
-    command(c, call, Command::SetWeight(weight), body.reason)
+    Ok((Command::SetWeight(weight), body.reason))
 }
 
 /// Start a rollout at its first step; with an interval it advances by itself while the analysis passes.
 #[utoipa::path(post, path = "/api/v1/routes/{route}/rollout", request_body = RolloutRequest,
     params(("route" = String, Path, description = "Route name"), ("If-Match" = Option<String>, Header, description = "Expected revision")),
     responses((status = 200, body = RouteStatus), (status = 400, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 412, body = ApiErrorBody)))]
-fn start_rollout(c: &Controller, call: &Call, body: RolloutRequest) -> Result<RouteStatus, ApiError> {
+fn start_rollout(body: RolloutRequest) -> Asked {
     let steps = match body.steps {
         Some(steps) => Some(
             steps
@@ -373,7 +392,7 @@ fn start_rollout(c: &Controller, call: &Call, body: RolloutRequest) -> Result<Ro
         Some(text) => Some(parse_interval(text)?),
         None => None,
     };
-    command(c, call, Command::Start { steps, interval }, body.reason)
+    Ok((Command::Start { steps, interval }, body.reason))
 }
 
 fn parse_interval(text: &str) -> Result<Duration, ApiError> {
@@ -391,40 +410,40 @@ fn parse_interval(text: &str) -> Result<Duration, ApiError> {
 #[utoipa::path(post, path = "/api/v1/routes/{route}/step", request_body(content = Option<ActionRequest>),
     params(("route" = String, Path, description = "Route name"), ("If-Match" = Option<String>, Header, description = "Expected revision")),
     responses((status = 200, body = RouteStatus), (status = 409, body = ApiErrorBody), (status = 412, body = ApiErrorBody)))]
-fn step(c: &Controller, call: &Call, body: ActionRequest) -> Result<RouteStatus, ApiError> {
-    command(c, call, Command::Step, body.reason)
+fn step(body: ActionRequest) -> Asked {
+    Ok((Command::Step, body.reason))
 }
 
 /// Pause a progressing rollout at its current step.
 #[utoipa::path(post, path = "/api/v1/routes/{route}/pause", request_body(content = Option<ActionRequest>),
     params(("route" = String, Path, description = "Route name"), ("If-Match" = Option<String>, Header, description = "Expected revision")),
     responses((status = 200, body = RouteStatus), (status = 409, body = ApiErrorBody), (status = 412, body = ApiErrorBody)))]
-fn pause(c: &Controller, call: &Call, body: ActionRequest) -> Result<RouteStatus, ApiError> {
-    command(c, call, Command::Pause, body.reason)
+fn pause(body: ActionRequest) -> Asked {
+    Ok((Command::Pause, body.reason))
 }
 
 /// Resume a paused rollout.
 #[utoipa::path(post, path = "/api/v1/routes/{route}/resume", request_body(content = Option<ActionRequest>),
     params(("route" = String, Path, description = "Route name"), ("If-Match" = Option<String>, Header, description = "Expected revision")),
     responses((status = 200, body = RouteStatus), (status = 409, body = ApiErrorBody), (status = 412, body = ApiErrorBody)))]
-fn resume(c: &Controller, call: &Call, body: ActionRequest) -> Result<RouteStatus, ApiError> {
-    command(c, call, Command::Resume, body.reason)
+fn resume(body: ActionRequest) -> Asked {
+    Ok((Command::Resume, body.reason))
 }
 
 /// Send all traffic to the canary and mark the rollout Promoted.
 #[utoipa::path(post, path = "/api/v1/routes/{route}/promote", request_body(content = Option<ActionRequest>),
     params(("route" = String, Path, description = "Route name"), ("If-Match" = Option<String>, Header, description = "Expected revision")),
     responses((status = 200, body = RouteStatus), (status = 409, body = ApiErrorBody), (status = 412, body = ApiErrorBody)))]
-fn promote(c: &Controller, call: &Call, body: ActionRequest) -> Result<RouteStatus, ApiError> {
-    command(c, call, Command::Promote, body.reason)
+fn promote(body: ActionRequest) -> Asked {
+    Ok((Command::Promote, body.reason))
 }
 
 /// Send all traffic back to stable and mark the rollout Aborted.
 #[utoipa::path(post, path = "/api/v1/routes/{route}/abort", request_body(content = Option<ActionRequest>),
     params(("route" = String, Path, description = "Route name"), ("If-Match" = Option<String>, Header, description = "Expected revision")),
     responses((status = 200, body = RouteStatus), (status = 409, body = ApiErrorBody), (status = 412, body = ApiErrorBody)))]
-fn abort(c: &Controller, call: &Call, body: ActionRequest) -> Result<RouteStatus, ApiError> {
-    command(c, call, Command::Abort, body.reason)
+fn abort(body: ActionRequest) -> Asked {
+    Ok((Command::Abort, body.reason))
 }
 
 /// `?route=NAME&limit=N` of the audit call.

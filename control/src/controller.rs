@@ -3,7 +3,7 @@
 //! a new routing table. All of this is control plane; the request path never waits on it.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use canary_config::{Config, PrometheusCheck, Weight};
@@ -77,11 +77,74 @@ pub enum CommandError {
     /// The change could not be persisted; nothing changed.
     #[error("state not saved, change undone: {0}")]
     Persist(#[from] StateError),
+    /// The route's weight belongs to another object (an Ingress annotation).
+    #[error("route {route} is owned by {owner}; change it there")]
+    NotOurs {
+        /// The route.
+        route: String,
+        /// What owns it.
+        owner: String,
+    },
+    /// The shared state could not be written to the cluster; nothing changed.
+    #[error("route {route}: shared state not written to the cluster: {message}")]
+    Cluster {
+        /// The route.
+        route: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Where a route's live state is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// This process (and its state file).
+    Local,
+    /// The status of a CanaryRoute, shared by every replica.
+    CanaryRoute {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// An Ingress (and its canary Ingress): the weight is its annotation, not ours to change.
+    Ingress {
+        /// `namespace/name` of the Ingress that sets the weight.
+        source: String,
+    },
+}
+
+/// A change to a CanaryRoute-owned route, to be made on the cluster's current state.
+#[derive(Debug, Clone)]
+pub struct Intent {
+    /// The route.
+    pub route: String,
+    /// The change.
+    pub change: Change,
+    /// Who asked (token name, `analysis`, `timer`, `spec`).
+    pub actor: String,
+    /// Why.
+    pub reason: Option<String>,
+}
+
+/// What an [`Intent`] changes.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// An event of the rollout state machine.
+    Event(Event),
+    /// Write the first status of a route that has none.
+    Init,
+    /// The spec's weight was edited (in Git, say): apply it once.
+    SpecWeight(Weight),
 }
 
 struct Inner {
     config: Config,
     store: StateStore,
+    /// Routes whose state is not this process's own; absent means [`Owner::Local`].
+    owners: HashMap<String, Owner>,
+    /// Changes waiting to be written to CanaryRoute status.
+    intents: Vec<Intent>,
     /// The analysis's memory per route (not persisted: a restart judges afresh).
     judged: HashMap<String, Judged>,
 }
@@ -103,6 +166,14 @@ pub struct Controller {
     control_metrics: ControlMetrics,
     /// Latest PromQL reading per route and when it was taken; written by the poller.
     prometheus: Mutex<HashMap<String, (Instant, PromReading)>>,
+    /// Holds the leader Lease (always true outside kubernetes mode): may advance shared rollouts.
+    leader: std::sync::atomic::AtomicBool,
+    /// Notified when intents are queued.
+    intents_ready: tokio::sync::Notify,
+    /// Writes CanaryRoute status (kubernetes mode).
+    cluster: std::sync::OnceLock<Arc<crate::kubernetes::status::StatusWriter>>,
+    /// In kubernetes mode, new config files go to the composition of all sources.
+    file_sink: std::sync::OnceLock<tokio::sync::watch::Sender<Config>>,
 }
 
 impl Controller {
@@ -123,7 +194,13 @@ impl Controller {
                 config,
                 store,
                 judged: HashMap::new(),
+                owners: HashMap::new(),
+                intents: Vec::new(),
             }),
+            leader: std::sync::atomic::AtomicBool::new(true),
+            intents_ready: tokio::sync::Notify::new(),
+            cluster: std::sync::OnceLock::new(),
+            file_sink: std::sync::OnceLock::new(),
             table: table.clone(),
             metrics,
             control_metrics,
@@ -140,6 +217,10 @@ impl Controller {
 
     /// Applies a new config file: its routes, and weights edited in it.
     pub fn apply_config(&self, config: Config) -> anyhow::Result<()> {
+        if let Some(sink) = self.file_sink.get() {
+            sink.send_replace(config);
+            return Ok(());
+        }
         let mut inner = self.lock();
         let before = inner.store.state.clone();
         let edits = inner.store.state.reconcile(&config);
@@ -190,6 +271,21 @@ impl Controller {
         reason: Option<String>,
         if_match: Option<u64>,
     ) -> Result<RouteStatus, CommandError> {
+        match inner.owners.get(route) {
+            None | Some(Owner::Local) => {}
+            Some(Owner::Ingress { source }) => {
+                return Err(CommandError::NotOurs {
+                    route: route.into(),
+                    owner: format!("the canary annotations of Ingress {source}"),
+                })
+            }
+            Some(Owner::CanaryRoute { namespace, name }) => {
+                return Err(CommandError::Cluster {
+                    route: route.into(),
+                    message: format!("CanaryRoute {namespace}/{name} is changed through the cluster writer"),
+                })
+            }
+        }
         let Some(plan) = inner
             .config
             .routes
@@ -243,6 +339,229 @@ impl Controller {
         Ok(self.status_locked(inner, route).expect("route exists"))
     }
 
+    /// Runs a command on a route for `actor`: routes kept in CanaryRoute status are changed
+    /// on the cluster first (every replica then applies it), others here.
+    pub async fn command_async(
+        &self,
+        route: &str,
+        command: Command,
+        actor: &str,
+        reason: Option<String>,
+        if_match: Option<u64>,
+    ) -> Result<RouteStatus, CommandError> {
+        let shared = matches!(self.owner(route), Owner::CanaryRoute { .. });
+        match (shared, self.cluster.get()) {
+            (true, Some(writer)) => {
+                let event = self.event_for(route, command.clone())?;
+                let intent = Intent {
+                    route: route.into(),
+                    change: Change::Event(event),
+                    actor: actor.into(),
+                    reason: reason.clone(),
+                };
+                let result = writer.write(self, &intent, command.name(), if_match).await;
+                if let Err(e) = &result {
+                    let entry = AuditEntry::refused(actor, Some(route), command.name(), reason, &e.to_string());
+                    self.record(entry);
+                }
+                result
+            }
+            _ => self.command(route, command, actor, reason, if_match),
+        }
+    }
+
+    /// Who keeps a route's state.
+    pub fn owner(&self, route: &str) -> Owner {
+        self.lock().owners.get(route).cloned().unwrap_or(Owner::Local)
+    }
+
+    /// Sends future config files to the kubernetes-mode composition instead of applying them.
+    pub fn set_file_sink(&self, sink: tokio::sync::watch::Sender<Config>) {
+        let _ = self.file_sink.set(sink);
+    }
+
+    /// Installs the writer of CanaryRoute status (kubernetes mode).
+    pub fn set_cluster_writer(&self, writer: Arc<crate::kubernetes::status::StatusWriter>) {
+        let _ = self.cluster.set(writer);
+    }
+
+    /// Whether this replica may advance shared rollouts.
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records whether this replica holds the leader Lease.
+    pub fn set_leader(&self, leader: bool) {
+        let was = self.leader.swap(leader, std::sync::atomic::Ordering::Relaxed);
+        if was != leader {
+            tracing::info!(leader, "leadership changed");
+        }
+        self.control_metrics.leader(leader);
+    }
+
+    /// The state machine event of a command (a rollout start takes the route's plan).
+    fn event_for(&self, route: &str, command: Command) -> Result<Event, CommandError> {
+        let inner = self.lock();
+        let plan = inner
+            .config
+            .routes
+            .iter()
+            .find(|r| r.name == route)
+            .map(|r| r.rollout.clone())
+            .ok_or_else(|| CommandError::UnknownRoute(route.into()))?;
+        Ok(match command {
+            Command::SetWeight(w) => Event::SetWeight(w),
+            Command::Start { steps, interval } => Event::Start {
+                steps: steps.unwrap_or(plan.steps),
+                interval: interval.or(plan.interval),
+            },
+            Command::Step => Event::Step,
+            Command::Pause => Event::Pause,
+            Command::Resume => Event::Resume,
+            Command::Promote => Event::Promote,
+            Command::Abort => Event::Abort,
+        })
+    }
+
+    /// The state `change` makes of `base` (the cluster's current state of `route`, or `None`
+    /// when it has none yet); `if_match` is checked against it.
+    pub fn evolve(
+        &self,
+        route: &str,
+        base: Option<RouteState>,
+        intent: &Intent,
+        if_match: Option<u64>,
+    ) -> Result<RouteState, CommandError> {
+        let spec_weight = self
+            .lock()
+            .config
+            .routes
+            .iter()
+            .find(|r| r.name == route)
+            .map(|r| r.weight)
+            .ok_or_else(|| CommandError::UnknownRoute(route.into()))?;
+        let mut state = base.unwrap_or_else(|| RouteState::new(spec_weight));
+        if let Some(expected) = if_match {
+            if expected != state.revision {
+                return Err(CommandError::Stale {
+                    route: route.into(),
+                    expected,
+                    current: state.revision,
+                });
+            }
+        }
+        match &intent.change {
+            Change::Init => {}
+            Change::SpecWeight(w) => {
+                state.apply_config_weight(*w, "weight edited in the CanaryRoute spec");
+            }
+            Change::Event(e) => apply_event(&mut state, e.clone(), intent.reason.clone())?,
+        }
+        Ok(state)
+    }
+
+    /// Takes a route's state from the cluster unless ours is newer (a local abort not yet
+    /// written); republishes the table when it changed.
+    pub fn adopt(&self, route: &str, state: RouteState) {
+        let mut inner = self.lock();
+        let Some(current) = inner.store.state.routes.get_mut(route) else {
+            return;
+        };
+        if *current == state || state.revision < current.revision {
+            return;
+        }
+        *current = state;
+        if let Err(e) = inner.store.save() {
+            tracing::error!(error = %e, "route state not saved");
+        }
+        if let Err(e) = self.publish(&inner.config, &inner.store) {
+            tracing::error!(error = %e, "table not rebuilt after adopting cluster state");
+        }
+        self.publish_gauges(&inner);
+    }
+
+    /// Applies routes from every source (config file, CanaryRoutes, Ingresses, discovery):
+    /// `owners` says whose state each route is, `shared` holds the cluster's state of
+    /// CanaryRoute routes that have one. Queues the writes the cluster needs.
+    pub fn apply_sources(
+        &self,
+        config: Config,
+        owners: HashMap<String, Owner>,
+        shared: HashMap<String, RouteState>,
+    ) -> anyhow::Result<()> {
+        let mut inner = self.lock();
+        let before = inner.store.state.clone();
+        let mut intents = Vec::new();
+        for route in &config.routes {
+            let state = inner.store.state.routes.get(&route.name);
+            match owners.get(&route.name) {
+                Some(Owner::CanaryRoute { .. }) => match shared.get(&route.name) {
+                    Some(s) => {
+                        if state.is_none_or(|l| s.revision >= l.revision) {
+                            inner.store.state.routes.insert(route.name.clone(), s.clone());
+                        }
+                        if s.config_weight_ppm != route.weight.ppm() {
+                            intents.push(Intent {
+                                route: route.name.clone(),
+                                change: Change::SpecWeight(route.weight),
+                                actor: "spec".into(),
+                                reason: Some("weight edited in the CanaryRoute spec".into()),
+                            });
+                        }
+                    }
+                    None => intents.push(Intent {
+                        route: route.name.clone(),
+                        change: Change::Init,
+                        actor: "spec".into(),
+                        reason: None,
+                    }),
+                },
+                Some(Owner::Ingress { source }) => {
+                    if let Some(s) = inner.store.state.routes.get_mut(&route.name) {
+                        s.apply_config_weight(route.weight, &format!("canary-weight of Ingress {source}"));
+                    }
+                }
+                None | Some(Owner::Local) => {}
+            }
+        }
+        let edits = inner.store.state.reconcile(&config);
+        if let Err(e) = self.publish(&config, &inner.store) {
+            inner.store.state = before;
+            return Err(e);
+        }
+        for entry in edits {
+            inner.store.state.record(entry);
+        }
+        if let Err(e) = inner.store.save() {
+            tracing::error!(error = %e, "route state not saved");
+        }
+        inner.config = config;
+        inner.owners = owners;
+        if !intents.is_empty() {
+            inner.intents.extend(intents);
+            self.intents_ready.notify_one();
+        }
+        self.publish_gauges(&inner);
+        Ok(())
+    }
+
+    /// Queues a write to CanaryRoute status.
+    pub fn queue(&self, intent: Intent) {
+        self.lock().intents.push(intent);
+        self.intents_ready.notify_one();
+    }
+
+    /// Waits for queued writes to CanaryRoute status and takes them.
+    pub async fn next_intents(&self) -> Vec<Intent> {
+        loop {
+            let taken = std::mem::take(&mut self.lock().intents);
+            if !taken.is_empty() {
+                return taken;
+            }
+            self.intents_ready.notified().await;
+        }
+    }
+
     /// Once a second: judges every route with an analysis (aborting a failing canary),
     /// then advances timed rollouts whose interval passed with the analysis passing.
     pub fn tick(&self) {
@@ -255,7 +574,14 @@ impl Controller {
             self.abort_by_analysis(&mut inner, &route, rule, &reason, webhook, status);
         }
         let mut stepped = Vec::new();
-        let Inner { store, judged, config } = &mut *inner;
+        let leader = self.is_leader();
+        let Inner {
+            store,
+            judged,
+            config,
+            owners,
+            intents,
+        } = &mut *inner;
         for (name, state) in store.state.routes.iter_mut() {
             let analysis_ok = match config
                 .routes
@@ -270,6 +596,26 @@ impl Controller {
                     .and_then(|j| j.passing_since_ms)
                     .is_some_and(|since| since <= state.rollout.step_started_ms + 1_500),
             };
+            match owners.get(name) {
+                None | Some(Owner::Local) => {}
+                Some(Owner::Ingress { .. }) => continue,
+                // Shared rollouts advance by the leader only, on the cluster's state.
+                Some(Owner::CanaryRoute { .. }) => {
+                    let mut probe = state.clone();
+                    if leader
+                        && apply_event(&mut probe, Event::Tick { analysis_ok }, None).is_ok()
+                        && probe.revision != state.revision
+                    {
+                        intents.push(Intent {
+                            route: name.clone(),
+                            change: Change::Event(Event::Tick { analysis_ok }),
+                            actor: "timer".into(),
+                            reason: Some("interval passed with the analysis passing".into()),
+                        });
+                    }
+                    continue;
+                }
+            }
             let (from, revision) = (describe(state), state.revision);
             if apply_event(state, Event::Tick { analysis_ok }, None).is_ok() && state.revision != revision {
                 stepped.push((name.clone(), from, describe(state)));
@@ -290,6 +636,9 @@ impl Controller {
             if let Err(e) = self.publish(&inner.config, &inner.store) {
                 tracing::error!(error = %e, "table not rebuilt after a timed step or abort");
             }
+        }
+        if !inner.intents.is_empty() {
+            self.intents_ready.notify_one();
         }
         self.publish_gauges(&inner);
     }
@@ -389,6 +738,15 @@ impl Controller {
         }
         let to = describe(state);
         tracing::warn!(route, rule = rule.as_str(), reason = %reason, "canary aborted by the analysis");
+        // Applied here at once (the safe direction), and written for every replica.
+        if matches!(inner.owners.get(route), Some(Owner::CanaryRoute { .. })) {
+            inner.intents.push(Intent {
+                route: route.into(),
+                change: Change::Event(Event::Abort),
+                actor: "analysis".into(),
+                reason: Some(reason.clone()),
+            });
+        }
         self.control_metrics.rollback(route, rule.as_str());
         inner.judged.insert(route.to_string(), Judged::default());
         inner.store.state.record(AuditEntry::applied(

@@ -30,7 +30,16 @@ enum Command {
         /// Start with empty live state when the state file is corrupt (weights come from the config).
         #[arg(long)]
         reset_state: bool,
+        /// `standalone`: static endpoints, state in a local file. `kubernetes`: endpoints,
+        /// CanaryRoutes and Ingresses from the cluster, state shared in CanaryRoute status.
+        #[arg(long, value_enum, default_value_t = runtime::Mode::Standalone)]
+        mode: runtime::Mode,
+        /// Kubeconfig for running outside the cluster (default: in-cluster config, or $KUBECONFIG).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
+    /// Print the CanaryRoute CustomResourceDefinition (YAML) to apply to a cluster.
+    Crd,
     /// Validate a config file and print every error with its path.
     Check {
         /// Path of the YAML config.
@@ -56,11 +65,22 @@ fn main() -> ExitCode {
     logging::init(cli.log_format);
     let result = match cli.command {
         Command::Check { config } => return check(&config),
-        Command::Run { config, reset_state } => tokio_main(async move {
+        Command::Crd => {
+            print!("{}", canary_control::kubernetes::crd::crd_yaml());
+            return ExitCode::SUCCESS;
+        }
+        Command::Run {
+            config,
+            reset_state,
+            mode,
+            kubeconfig,
+        } => tokio_main(async move {
             let loaded = config_file::load(&config)?;
             let opts = runtime::RunOptions {
                 file: Some((config, loaded.text)),
                 reset_state,
+                mode,
+                kubeconfig,
             };
             runtime::run(loaded.config, opts).await
         }),

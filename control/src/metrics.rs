@@ -13,6 +13,10 @@ pub struct ControlMetrics {
     phase: IntGaugeVec,
     rollbacks: IntCounterVec,
     endpoints: IntGaugeVec,
+    leader: IntGauge,
+    discovery_stale: GaugeVec,
+    discovery_synced: IntGaugeVec,
+    kubernetes_problems: IntGauge,
 }
 
 impl ControlMetrics {
@@ -57,6 +61,32 @@ impl ControlMetrics {
             ),
             &["route", "variant", "state"],
         )?;
+        let leader = IntGauge::new(
+            "canaryd_leader",
+            "1 while this replica holds the leader Lease (kubernetes mode) and may advance timed rollouts.",
+        )?;
+        let discovery_stale = GaugeVec::new(
+            Opts::new(
+                "canaryd_discovery_stale_seconds",
+                "Seconds a variant's discovered endpoints may be behind the cluster (0 while its watch is healthy).",
+            ),
+            &["route", "variant"],
+        )?;
+        let discovery_synced = IntGaugeVec::new(
+            Opts::new(
+                "canaryd_discovery_synced",
+                "1 once a variant's endpoints were listed from the cluster at least once.",
+            ),
+            &["route", "variant"],
+        )?;
+        let kubernetes_problems = IntGauge::new(
+            "canaryd_kubernetes_problems",
+            "CanaryRoutes and Ingresses not served because of an error (name clash, invalid spec); see the log.",
+        )?;
+        registry.register(Box::new(leader.clone()))?;
+        registry.register(Box::new(discovery_stale.clone()))?;
+        registry.register(Box::new(discovery_synced.clone()))?;
+        registry.register(Box::new(kubernetes_problems.clone()))?;
         registry.register(Box::new(weight.clone()))?;
         registry.register(Box::new(phase.clone()))?;
         registry.register(Box::new(rollbacks.clone()))?;
@@ -74,6 +104,10 @@ impl ControlMetrics {
             phase,
             rollbacks,
             endpoints,
+            leader,
+            discovery_stale,
+            discovery_synced,
+            kubernetes_problems,
         })
     }
 
@@ -112,6 +146,26 @@ impl ControlMetrics {
             .set((total - healthy) as i64);
     }
 
+    /// Publishes whether this replica leads.
+    pub fn leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    /// Publishes a discovered variant's sync state and staleness.
+    pub fn discovery(&self, route: &str, variant: &str, synced: bool, stale_seconds: f64) {
+        self.discovery_synced
+            .with_label_values(&[route, variant])
+            .set(i64::from(synced));
+        self.discovery_stale
+            .with_label_values(&[route, variant])
+            .set(stale_seconds);
+    }
+
+    /// Publishes how many cluster objects are refused.
+    pub fn kubernetes_problems(&self, count: usize) {
+        self.kubernetes_problems.set(count as i64);
+    }
+
     /// Drops the series of routes no longer configured (an absent series is fine).
     pub fn forget_route(&self, route: &str) {
         let _ = self.weight.remove_label_values(&[route]);
@@ -119,6 +173,8 @@ impl ControlMetrics {
             let _ = self.phase.remove_label_values(&[route, p.as_str()]);
         }
         for v in ["stable", "canary"] {
+            let _ = self.discovery_stale.remove_label_values(&[route, v]);
+            let _ = self.discovery_synced.remove_label_values(&[route, v]);
             for s in ["healthy", "cooling"] {
                 let _ = self.endpoints.remove_label_values(&[route, v, s]);
             }

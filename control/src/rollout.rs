@@ -70,6 +70,21 @@ pub enum Event {
     Tick { analysis_ok: bool },
 }
 
+impl Event {
+    /// The audit name of the event (a timed step is a `step`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Start { .. } => "rollout",
+            Event::Step | Event::Tick { .. } => "step",
+            Event::Pause => "pause",
+            Event::Resume => "resume",
+            Event::Promote => "promote",
+            Event::Abort => "abort",
+            Event::SetWeight(_) => "weight",
+        }
+    }
+}
+
 /// What the driver must do after an accepted event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {

@@ -34,10 +34,39 @@ pub struct RunOptions {
     pub file: Option<(PathBuf, String)>,
     /// Start afresh when the state file is unreadable.
     pub reset_state: bool,
+    /// Where backends, routes and shared state come from.
+    pub mode: Mode,
+    /// Kubeconfig file for kubernetes mode outside a cluster.
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// Where backends, routes and shared state come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Static endpoints from the file; state in the local state file.
+    #[default]
+    Standalone,
+    /// EndpointSlices, Pods, CanaryRoutes and Ingresses watched; state in CanaryRoute status.
+    Kubernetes,
 }
 
 /// Serves `config` until SIGTERM or SIGINT.
 pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
+    if opts.mode == Mode::Standalone {
+        for (i, r) in config.routes.iter().enumerate() {
+            for (variant, b) in [("stable", &r.stable), ("canary", &r.canary)] {
+                if b.kubernetes.is_some() {
+                    anyhow::bail!(
+                        "routes[{i}].{variant}.kubernetes: a kubernetes source needs `canaryd run --mode kubernetes`"
+                    );
+                }
+            }
+        }
+    }
+    let kube_client = match opts.mode {
+        Mode::Standalone => None,
+        Mode::Kubernetes => Some(crate::kubernetes::client(opts.kubeconfig.as_deref()).await?),
+    };
     let tokens = match &config.admin.tokens_file {
         Some(path) => Tokens::load(path)?,
         None => Tokens::default(),
@@ -131,7 +160,18 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
-    let ready = Arc::new(AtomicBool::new(true));
+    // In kubernetes mode, ready once every watch has listed (see kubernetes::sources).
+    let ready = Arc::new(AtomicBool::new(kube_client.is_none()));
+    let cluster_tasks = kube_client.map(|client| {
+        crate::kubernetes::start(
+            client,
+            &config,
+            controller.clone(),
+            ready.clone(),
+            control_metrics.clone(),
+            stop_rx.clone(),
+        )
+    });
 
     let admin = Admin::new(registry, ready.clone(), Api::new(controller.clone(), tokens.clone()));
     let admin_task = tokio::spawn(serve(
@@ -187,6 +227,9 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         t.await.context("https listener task")?;
     }
     timer_task.await.context("rollout timer task")?;
+    if let Some(tasks) = cluster_tasks {
+        tasks.stop().await;
+    }
     prometheus_task.await.context("prometheus poller task")?;
     if let Some(t) = reload_task {
         t.await.context("reload task")?;

@@ -40,7 +40,8 @@ pub struct RouteState {
 }
 
 impl RouteState {
-    fn new(weight: Weight) -> Self {
+    /// A route first seen, serving its configured weight.
+    pub fn new(weight: Weight) -> Self {
         let mut s = Self {
             weight_ppm: 0,
             config_weight_ppm: weight.ppm(),
@@ -59,6 +60,20 @@ impl RouteState {
             self.generation += 1;
         }
         self.weight_ppm = weight.ppm();
+    }
+
+    /// Applies the configured weight if it was edited since last applied (by `why`); true if so.
+    pub fn apply_config_weight(&mut self, weight: Weight, why: &str) -> bool {
+        if self.config_weight_ppm == weight.ppm() {
+            return false;
+        }
+        self.config_weight_ppm = weight.ppm();
+        // Same rules as a manual weight: a progressing rollout pauses.
+        let _ = self.rollout.apply(crate::rollout::Event::SetWeight(weight), now_ms());
+        self.set_weight(weight);
+        self.revision += 1;
+        self.last_reason = Some(why.into());
+        true
     }
 
     /// The weight served.
@@ -168,24 +183,19 @@ impl State {
                 None => {
                     self.routes.insert(route.name.clone(), RouteState::new(file_weight));
                 }
-                Some(s) if s.config_weight_ppm != file_weight.ppm() => {
+                Some(s) => {
                     let from = describe(s);
-                    s.config_weight_ppm = file_weight.ppm();
-                    // Same rules as a manual weight: a progressing rollout pauses.
-                    let _ = s.rollout.apply(crate::rollout::Event::SetWeight(file_weight), now_ms());
-                    s.set_weight(file_weight);
-                    s.revision += 1;
-                    s.last_reason = Some("weight edited in the config file".into());
-                    changes.push(AuditEntry::applied(
-                        "config-file",
-                        &route.name,
-                        "config",
-                        from,
-                        describe(s),
-                        s.last_reason.clone(),
-                    ));
+                    if s.apply_config_weight(file_weight, "weight edited in the config file") {
+                        changes.push(AuditEntry::applied(
+                            "config-file",
+                            &route.name,
+                            "config",
+                            from,
+                            describe(s),
+                            s.last_reason.clone(),
+                        ));
+                    }
                 }
-                Some(_) => {}
             }
         }
         changes

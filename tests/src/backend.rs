@@ -135,7 +135,13 @@ impl Backend {
 
     /// Binds 127.0.0.1:0 and serves until dropped.
     pub async fn start(self) -> BackendHandle {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        self.start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Binds `addr` (say 127.0.0.2:PORT, to play a Pod: Pods of one Service share a port) and
+    /// serves until dropped.
+    pub async fn start_on(self, addr: std::net::SocketAddr) -> BackendHandle {
+        let listener = TcpListener::bind(addr).await.expect("bind backend");
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let rec = received.clone();

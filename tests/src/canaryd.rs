@@ -64,6 +64,20 @@ impl Canaryd {
     /// Like [`Canaryd::start`] in a given directory (to restart on the same state file).
     /// Unless the config names one, the state file is `state.json` in that directory.
     pub fn start_in(yaml: &str, dir: tempfile::TempDir) -> Self {
+        let cmd = Self::run_command(yaml, &dir);
+        Self::spawn(cmd, dir)
+    }
+
+    /// `canaryd run --mode kubernetes` against the API server of `kubeconfig`.
+    pub fn start_kubernetes(yaml: &str, kubeconfig: &Path) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Self::run_command(yaml, &dir);
+        cmd.arg("--mode").arg("kubernetes").arg("--kubeconfig").arg(kubeconfig);
+        Self::spawn(cmd, dir)
+    }
+
+    /// `canaryd run` on `yaml` written into `dir`.
+    fn run_command(yaml: &str, dir: &tempfile::TempDir) -> Command {
         let yaml = if yaml.contains("\nstate:") || yaml.starts_with("state:") {
             yaml.to_string()
         } else {
@@ -79,7 +93,7 @@ impl Canaryd {
             .arg("run")
             .arg("--config")
             .arg(dir.path().join("canaryd.yaml"));
-        Self::spawn(cmd, dir)
+        cmd
     }
 
     /// Starts an arbitrary `canaryd` command line whose log announces both listeners.

@@ -1,0 +1,261 @@
+//! Composes the routes served in kubernetes mode: the config file's routes, then
+//! CanaryRoutes, then Ingresses, each variant's endpoints filled from discovery. A cluster
+//! route whose name or host + path is already taken is refused and reported, never merged.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use canary_config::{Config, HostPattern, Kubernetes, Route};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use tokio::sync::{watch, Notify};
+
+use super::crd::CanaryRoute;
+use super::discovery::{Discovery, Resolved, SourceKey};
+use super::ingress::routes_from_ingresses;
+use super::watch::Watch;
+use crate::controller::{Controller, Owner};
+use crate::metrics::ControlMetrics;
+use crate::state::RouteState;
+
+/// The cluster's contribution to the routes, and the watches behind it.
+pub struct ClusterSources {
+    settings: Kubernetes,
+    changed: Arc<Notify>,
+    canary_routes: Option<Watch<CanaryRoute>>,
+    ingresses: Option<Watch<Ingress>>,
+    discovery: Discovery,
+}
+
+/// One composition: what to serve and who owns each route's state.
+pub struct Composed {
+    /// The file's config with every route and every discovered endpoint.
+    pub config: Config,
+    /// Owners of routes that are not the file's.
+    pub owners: HashMap<String, Owner>,
+    /// The cluster's state of CanaryRoute routes that have a status.
+    pub shared: HashMap<String, RouteState>,
+    /// Objects refused, and why.
+    pub problems: Vec<String>,
+    /// Every watch has listed at least once.
+    pub synced: bool,
+    /// Discovery state per (route, variant), for metrics.
+    pub discovered: Vec<(String, &'static str, Resolved)>,
+}
+
+impl ClusterSources {
+    /// Starts the CanaryRoute and Ingress watches `settings` asks for.
+    pub fn start(client: Client, settings: Kubernetes) -> Self {
+        let changed = Arc::new(Notify::new());
+        let scope = |c: Client| match &settings.watch_namespace {
+            Some(ns) => (
+                Api::<CanaryRoute>::namespaced(c.clone(), ns),
+                Api::<Ingress>::namespaced(c, ns),
+            ),
+            None => (Api::<CanaryRoute>::all(c.clone()), Api::<Ingress>::all(c)),
+        };
+        let (routes_api, ingress_api) = scope(client.clone());
+        let canary_routes = settings.canary_routes.then(|| {
+            Watch::start(
+                routes_api,
+                watcher::Config::default(),
+                "canaryroutes".into(),
+                changed.clone(),
+                std::convert::identity,
+            )
+        });
+        let ingresses = settings.ingress_class.is_some().then(|| {
+            Watch::start(
+                ingress_api,
+                watcher::Config::default(),
+                "ingresses".into(),
+                changed.clone(),
+                std::convert::identity,
+            )
+        });
+        Self {
+            discovery: Discovery::new(client, changed.clone()),
+            settings,
+            changed,
+            canary_routes,
+            ingresses,
+        }
+    }
+
+    /// Notified whenever any watched set changes.
+    pub fn changed(&self) -> Arc<Notify> {
+        self.changed.clone()
+    }
+
+    /// Builds what to serve from the file's `config` and the cluster's current objects.
+    pub fn compose(&mut self, file: &Config) -> Composed {
+        let mut config = file.clone();
+        let mut owners = HashMap::new();
+        let mut shared = HashMap::new();
+        let mut problems = Vec::new();
+        let mut synced = true;
+        let mut taken = Taken::default();
+        for r in &config.routes {
+            taken.claim(r);
+        }
+        if let Some(w) = &self.canary_routes {
+            let snapshot = w.snapshot();
+            synced &= snapshot.synced;
+            for ((ns, name), object) in &snapshot.objects {
+                let route = match object.to_route(ns, file.limits.max_body_bytes) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        problems.push(format!("CanaryRoute {ns}/{name} not served: {e}"));
+                        continue;
+                    }
+                };
+                if let Some(why) = taken.clash(&route) {
+                    problems.push(format!("CanaryRoute {ns}/{name} not served: {why}"));
+                    continue;
+                }
+                taken.claim(&route);
+                if let Some(state) = object.status.as_ref().and_then(|s| s.to_state()) {
+                    shared.insert(route.name.clone(), state);
+                }
+                owners.insert(
+                    route.name.clone(),
+                    Owner::CanaryRoute {
+                        namespace: ns.clone(),
+                        name: name.clone(),
+                    },
+                );
+                config.routes.push(route);
+            }
+        }
+        if let (Some(w), Some(class)) = (&self.ingresses, &self.settings.ingress_class) {
+            let snapshot = w.snapshot();
+            synced &= snapshot.synced;
+            let ingresses: Vec<Ingress> = snapshot.objects.values().cloned().collect();
+            let built = routes_from_ingresses(&ingresses, class, file.limits.max_body_bytes);
+            problems.extend(built.problems);
+            for r in built.routes {
+                let source = r.canary.as_ref().unwrap_or(&r.stable).to_string();
+                if let Some(why) = taken.clash(&r.route) {
+                    problems.push(format!("Ingress {} not served: {why}", r.stable));
+                    continue;
+                }
+                taken.claim(&r.route);
+                owners.insert(r.route.name.clone(), Owner::Ingress { source });
+                config.routes.push(r.route);
+            }
+        }
+
+        // Discovery: start what the routes need, stop the rest, fill in the endpoints.
+        let key = |ns: &Option<String>, target: &canary_config::KubeTarget| SourceKey {
+            namespace: ns.clone().unwrap_or_else(|| self.settings.namespace.clone()),
+            target: target.clone(),
+        };
+        let wanted: BTreeSet<SourceKey> = config
+            .routes
+            .iter()
+            .flat_map(|r| [&r.stable, &r.canary])
+            .filter_map(|b| b.kubernetes.as_ref().map(|k| key(&k.namespace, &k.target)))
+            .collect();
+        self.discovery.ensure(&wanted);
+        let mut discovered = Vec::new();
+        for route in &mut config.routes {
+            for (variant, backend) in [("stable", &mut route.stable), ("canary", &mut route.canary)] {
+                let Some(k) = &backend.kubernetes else { continue };
+                let resolved = self.discovery.resolve(&key(&k.namespace, &k.target));
+                synced &= resolved.synced;
+                backend.endpoints = resolved.endpoints.clone();
+                discovered.push((route.name.clone(), variant, resolved));
+            }
+        }
+        Composed {
+            config,
+            owners,
+            shared,
+            problems,
+            synced,
+            discovered,
+        }
+    }
+}
+
+/// Names and host + path matchers in use.
+#[derive(Default)]
+struct Taken {
+    names: HashSet<String>,
+    matchers: HashSet<(Option<HostPattern>, String, bool)>,
+}
+
+impl Taken {
+    fn keys(r: &Route) -> Vec<(Option<HostPattern>, String, bool)> {
+        if r.hosts.is_empty() {
+            vec![(None, r.path_prefix.clone(), r.path_exact)]
+        } else {
+            r.hosts
+                .iter()
+                .map(|h| (Some(h.clone()), r.path_prefix.clone(), r.path_exact))
+                .collect()
+        }
+    }
+
+    fn clash(&self, r: &Route) -> Option<String> {
+        if self.names.contains(&r.name) {
+            return Some(format!("a route named {:?} already exists", r.name));
+        }
+        Self::keys(r)
+            .into_iter()
+            .find(|k| self.matchers.contains(k))
+            .map(|(h, p, _)| {
+                let host = h.map_or_else(|| "any host".to_string(), |h| h.to_string());
+                format!("{host} with path {p:?} is already served by another route")
+            })
+    }
+
+    fn claim(&mut self, r: &Route) {
+        self.names.insert(r.name.clone());
+        self.matchers.extend(Self::keys(r));
+    }
+}
+
+/// Recomposes on every change of the file or the cluster and applies the result; `ready`
+/// turns true once every watch has listed, so no traffic is taken on a partial view.
+pub async fn run(
+    mut sources: ClusterSources,
+    controller: Arc<Controller>,
+    mut file: watch::Receiver<Config>,
+    ready: Arc<AtomicBool>,
+    metrics: ControlMetrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    let changed = sources.changed();
+    let mut reported: Vec<String> = Vec::new();
+    loop {
+        let current = file.borrow_and_update().clone();
+        let composed = sources.compose(&current);
+        if composed.problems != reported {
+            for p in composed.problems.iter().filter(|p| !reported.contains(p)) {
+                tracing::error!(problem = %p, "cluster object refused");
+            }
+            reported = composed.problems.clone();
+        }
+        metrics.kubernetes_problems(reported.len());
+        for (route, variant, r) in &composed.discovered {
+            metrics.discovery(route, variant, r.synced, r.stale_seconds);
+        }
+        let synced = composed.synced;
+        if let Err(e) = controller.apply_sources(composed.config, composed.owners, composed.shared) {
+            tracing::error!(error = %e, "routes from the cluster not applied; the previous ones keep serving");
+        }
+        if synced && !ready.swap(true, Ordering::Relaxed) {
+            tracing::info!("cluster state listed; ready");
+        }
+        tokio::select! {
+            _ = changed.notified() => {}
+            r = file.changed() => if r.is_err() { return },
+            _ = stop.changed() => return,
+            // Staleness is a clock: refresh its metric while a watch is failing.
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+        }
+    }
+}

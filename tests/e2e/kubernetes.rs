@@ -1,0 +1,415 @@
+//! Kubernetes mode end to end: the real `canaryd --mode kubernetes` against the test API
+//! server (real list/watch wire protocol, resourceVersions, 410 Gone, 409 conflicts) with
+//! real backends playing the Pods on loopback addresses.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use canary_tests::kube_api::{self, KubeApi};
+use canary_tests::{admin_call, Backend, BackendHandle, Canaryd, Client};
+use serde_json::{json, Value};
+
+/// Backends on 127.0.0.N sharing one port, as the Pods behind one Service do.
+async fn pods(names: &[&str], first_ip: u8) -> (u16, Vec<BackendHandle>) {
+    'retry: for _ in 0..20 {
+        let probe = std::net::TcpListener::bind((std::net::Ipv4Addr::new(127, 0, 0, first_ip), 0)).unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        let mut handles = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let addr = SocketAddr::from(([127, 0, 0, first_ip + i as u8], port));
+            if std::net::TcpListener::bind(addr).is_err() {
+                continue 'retry;
+            }
+            handles.push(Backend::new(name).start_on(addr).await);
+        }
+        return (port, handles);
+    }
+    panic!("no port free on all of 127.0.0.{first_ip}..");
+}
+
+/// Waits for `/readyz` to answer 200 (every watch listed).
+async fn wait_ready(proxy: &Canaryd) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _, _) = admin_call(proxy.admin, "GET", "/readyz", &[], "").await;
+        if status == 200 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "canaryd never became ready:\n{}",
+            proxy.log().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends `n` requests and counts the answering backends.
+async fn spread(
+    client: &Client,
+    proxy: &Canaryd,
+    host: &str,
+    headers: &[(&str, &str)],
+    n: usize,
+) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for _ in 0..n {
+        let r = client.send(proxy.addr, host, "/", headers).await.expect("request");
+        assert_eq!(r.status, 200, "{}", r.text());
+        *seen.entry(r.backend().unwrap_or("?").to_string()).or_insert(0) += 1;
+    }
+    seen
+}
+
+/// Polls until the requests reach exactly `backends`, within `timeout`.
+async fn wait_spread(client: &Client, proxy: &Canaryd, host: &str, backends: &[&str], timeout: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let seen = spread(client, proxy, host, &[], 40).await;
+        let mut got: Vec<&str> = seen.keys().map(String::as_str).collect();
+        got.sort_unstable();
+        if got == backends {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < timeout, "requests reach {got:?}, not {backends:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Bounded background load (at most `limit` requests on 4 connections) counting failures.
+struct Load {
+    done: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, host: &'static str, limit: usize) -> Self {
+        let done = Arc::new(AtomicBool::new(false));
+        let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let tasks = (0..4)
+            .map(|_| {
+                let (client, done, sent, failed) = (Client::new(), done.clone(), sent.clone(), failed.clone());
+                tokio::spawn(async move {
+                    for _ in 0..limit / 4 {
+                        if done.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        match client.get(addr, host, "/").await {
+                            Ok(r) if r.status == 200 => {}
+                            other => {
+                                eprintln!("failed: {other:?}");
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Self {
+            done,
+            sent,
+            failed,
+            tasks,
+        }
+    }
+
+    async fn stop(self) -> (usize, usize) {
+        self.done.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        (self.sent.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_follows_ready_terminating_and_relists_after_410() {
+    let api = KubeApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.write_kubeconfig(dir.path());
+    let (port, stable) = pods(&["pod-a", "pod-b", "pod-c"], 2).await;
+    let (canary_port, canary) = pods(&["canary-pod"], 20).await;
+    let ip = |i: u8| format!("127.0.0.{i}");
+    let slice =
+        |eps: &[(&str, bool, bool, bool)]| kube_api::endpoint_slice("prod", "app-x1", "app", "http", port.into(), eps);
+    // pod-a ready, pod-b still starting.
+    api.apply(slice(&[(&ip(2), true, true, false), (&ip(3), false, false, false)]));
+    api.apply(kube_api::pod(
+        "prod",
+        "canary-1",
+        &[("id", "app"), ("type", "canary")],
+        &ip(20),
+        false,
+    ));
+
+    let proxy = Canaryd::start_kubernetes(
+        &Canaryd::config(&format!(
+            "kubernetes: {{ namespace: prod, ingress_class: null, canary_routes: false }}\nroutes:\n  - name: app\n    hosts: [app.example]\n    stable: {{ kubernetes: {{ service: app, port: http }} }}\n    canary: {{ kubernetes: {{ selector: \"id=app,type=canary\", port: {canary_port} }} }}\n    weight: 0\n"
+        )),
+        &kubeconfig,
+    );
+    wait_ready(&proxy).await;
+    let client = Client::new();
+    assert_eq!(
+        spread(&client, &proxy, "app.example", &[], 40).await,
+        HashMap::from([("pod-a".to_string(), 40)]),
+        "only the ready pod takes requests"
+    );
+    // The canary Pod is not ready: a forced canary request falls back to stable.
+    let forced = [("x-canary", "always")];
+    let r = client.send(proxy.addr, "app.example", "/", &forced).await.unwrap();
+    assert_eq!(r.backend(), Some("pod-a"));
+
+    // Pods become ready → traffic reaches them.
+    api.apply(slice(&[(&ip(2), true, true, false), (&ip(3), true, true, false)]));
+    let took = wait_spread(
+        &client,
+        &proxy,
+        "app.example",
+        &["pod-a", "pod-b"],
+        Duration::from_secs(5),
+    )
+    .await;
+    eprintln!("pod-b ready → serving after {took:?}");
+    api.apply(kube_api::pod(
+        "prod",
+        "canary-1",
+        &[("id", "app"), ("type", "canary")],
+        &ip(20),
+        true,
+    ));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = client.send(proxy.addr, "app.example", "/", &forced).await.unwrap();
+        if r.backend() == Some("canary-pod") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the ready canary Pod never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(canary[0].count(), 1);
+
+    // pod-a turns terminating under load: no request fails, and it gets no new ones.
+    let load = Load::start(proxy.addr, "app.example", 4_000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    api.apply(slice(&[(&ip(2), false, true, true), (&ip(3), true, true, false)]));
+    wait_spread(&client, &proxy, "app.example", &["pod-b"], Duration::from_secs(5)).await;
+    let a_after = stable[0].count();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (sent, failed) = load.stop().await;
+    eprintln!("terminating pod-a: {sent} requests under load, {failed} failed");
+    assert_eq!(failed, 0);
+    assert!(sent > 100, "the load ran ({sent})");
+    assert!(
+        stable[0].count() <= a_after + 4,
+        "pod-a got new requests after it began terminating"
+    );
+
+    // The watch drops and its resourceVersion expires (410 Gone on re-watch); meanwhile the
+    // set changes. Nothing fails, and the re-list applies the new set whole.
+    let lists_before = endpointslice_lists(&api);
+    let load = Load::start(proxy.addr, "app.example", 4_000);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    api.expire_watches();
+    api.apply(slice(&[(&ip(3), false, true, true), (&ip(4), true, true, false)]));
+    let took = wait_spread(&client, &proxy, "app.example", &["pod-c"], Duration::from_secs(15)).await;
+    let (sent, failed) = load.stop().await;
+    eprintln!("watch dropped + 410: new set applied after {took:?}; {sent} requests under load, {failed} failed");
+    assert_eq!(failed, 0);
+    assert!(
+        endpointslice_lists(&api) > lists_before,
+        "canaryd re-listed the EndpointSlices"
+    );
+    assert_eq!(
+        proxy
+            .metric(r#"canaryd_discovery_synced{route="app",variant="stable"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        proxy
+            .metric(r#"canaryd_endpoints{route="app",state="healthy",variant="stable"}"#)
+            .await,
+        1.0
+    );
+    drop(stable);
+}
+
+/// List (not watch) requests for EndpointSlices seen by the API server.
+fn endpointslice_lists(api: &KubeApi) -> usize {
+    api.requests()
+        .iter()
+        .filter(|(m, p)| {
+            m == "GET" && p.contains("endpointslices") && !p.contains("watch=true") && !p.contains("watch=1")
+        })
+        .count()
+}
+
+const WEB: &str = "web.example";
+
+fn canary_route_spec(stable: &str, canary: &str) -> Value {
+    json!({
+        "hosts": [WEB],
+        "stable": {"endpoints": [stable]},
+        "canary": {"endpoints": [canary]},
+        "weight": 0,
+        "rollout": {"steps": [10, 20, 30, 40, 50, 100], "interval": "2s"}
+    })
+}
+
+async fn route_status(proxy: &Canaryd) -> Value {
+    let (status, _, body) = admin_call(proxy.admin, "GET", "/api/v1/routes/web", &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn replica_config() -> String {
+    Canaryd::config("kubernetes: { namespace: prod, ingress_class: null, lease_duration: 3s }\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_weights_refuse_stale_writes_and_hand_over_the_lease() {
+    let api = KubeApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.write_kubeconfig(dir.path());
+    let stable = Backend::new("stable").start().await;
+    let canary = Backend::new("canary").start().await;
+    api.apply(kube_api::canary_route(
+        "prod",
+        "web",
+        canary_route_spec(&stable.endpoint(), &canary.endpoint()),
+    ));
+    let a = Canaryd::start_kubernetes(&replica_config(), &kubeconfig);
+    let b = Canaryd::start_kubernetes(&replica_config(), &kubeconfig);
+    wait_ready(&a).await;
+    wait_ready(&b).await;
+    // The first status is written by one of them.
+    assert!(
+        api.wait_until(Duration::from_secs(10), |api| {
+            api.get("canaryd.dev/v1alpha1", "CanaryRoute", "prod", "web")
+                .is_some_and(|o| o["status"]["revision"].as_u64().unwrap_or(0) >= 1)
+        })
+        .await,
+        "no status written"
+    );
+
+    // A pipeline's `canaryctl weight` on replica A is served by replica B within a second.
+    let out = std::process::Command::new(canary_tests::canaryd::canaryctl())
+        .args(["weight", "web", "30", "--reason", "pipeline step"])
+        .env("CANARYD_URL", format!("http://{}", a.admin))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let started = Instant::now();
+    while route_status(&b).await["weight"] != json!(30.0) {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "replica B did not apply the weight within 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("weight set on A served by B after {:?}", started.elapsed());
+    let object = api.get("canaryd.dev/v1alpha1", "CanaryRoute", "prod", "web").unwrap();
+    assert_eq!(object["status"]["weightPpm"], json!(300_000));
+    assert_eq!(object["spec"]["weight"], json!(0), "canaryd never writes the spec");
+    let client = Client::new();
+    let seen = spread(&client, &b, WEB, &[], 400).await;
+    let to_canary = *seen.get("canary").unwrap_or(&0) as u64;
+    let (lo, hi) = canary_tests::binomial_bounds(400, 0.3);
+    assert!(
+        (lo..=hi).contains(&(to_canary as f64)),
+        "{to_canary} of 400 on B to the canary"
+    );
+
+    // Two writers at the same revision: the second one is refused with 412 on the other replica.
+    let revision = route_status(&b).await["revision"].as_u64().unwrap();
+    let if_match = format!("\"{revision}\"");
+    let headers = [("if-match", if_match.as_str()), ("content-type", "application/json")];
+    let (first, _, body) = admin_call(
+        a.admin,
+        "PUT",
+        "/api/v1/routes/web/weight",
+        &headers,
+        r#"{"percent": 35}"#,
+    )
+    .await;
+    assert_eq!(first, 200, "{body}");
+    let (second, _, body) = admin_call(
+        b.admin,
+        "PUT",
+        "/api/v1/routes/web/weight",
+        &headers,
+        r#"{"percent": 40}"#,
+    )
+    .await;
+    assert_eq!(second, 412, "a stale If-Match must be refused: {body}");
+    assert_eq!(route_status(&a).await["weight"], json!(35.0));
+
+    // Timed advancement is the leader's. Start a timed rollout, kill the leader, and the
+    // other replica takes the Lease over and keeps stepping.
+    let lease_holder = || {
+        api.get("coordination.k8s.io/v1", "Lease", "prod", "canaryd-leader")
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+    };
+    assert!(
+        api.wait_until(Duration::from_secs(10), |_| lease_holder().is_some())
+            .await,
+        "nobody took the Lease"
+    );
+    let (status, _, body) = admin_call(b.admin, "POST", "/api/v1/routes/web/rollout", &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    let holder = lease_holder().unwrap();
+    let a_leads = holder.ends_with(&format!("-{}", a.pid()));
+    let (leader, follower) = if a_leads { (a, b) } else { (b, a) };
+    let step_of = |api: &KubeApi| {
+        api.get("canaryd.dev/v1alpha1", "CanaryRoute", "prod", "web")
+            .and_then(|o| o["status"]["step"].as_u64())
+    };
+    assert!(
+        api.wait_until(Duration::from_secs(10), |api| step_of(api) >= Some(1))
+            .await,
+        "the leader did not advance the timed rollout"
+    );
+    drop(leader.kill()); // SIGKILL: no chance to release the Lease.
+    let killed_at = Instant::now();
+    let step_at_kill = step_of(&api).unwrap();
+    assert!(
+        api.wait_until(Duration::from_secs(15), |api| step_of(api) > Some(step_at_kill + 1))
+            .await,
+        "no timed step after the leader died"
+    );
+    let new_holder = lease_holder().unwrap();
+    assert!(
+        new_holder.ends_with(&format!("-{}", follower.pid())),
+        "{new_holder} holds the Lease"
+    );
+    eprintln!(
+        "leader killed; follower took over and stepped twice within {:?}",
+        killed_at.elapsed()
+    );
+    let object = api.get("canaryd.dev/v1alpha1", "CanaryRoute", "prod", "web").unwrap();
+    assert!(
+        object["status"]["updatedBy"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with(&new_holder),
+        "{}",
+        object["status"]
+    );
+    // The audit trail is also Kubernetes Events on the CanaryRoute.
+    let events = api.list("Event");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["regarding"]["name"] == "web" && e["reason"] == "Weight"),
+        "no Weight event among {events:?}"
+    );
+    assert_eq!(follower.metric("canaryd_leader").await, 1.0);
+}
