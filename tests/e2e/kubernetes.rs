@@ -132,6 +132,8 @@ impl Load {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_follows_ready_terminating_and_relists_after_410() {
     let api = KubeApi::start().await;
+    // No bookmarks: one could hand canaryd the expired-to resourceVersion and spare it the 410.
+    api.set_bookmark_interval(Duration::from_secs(3600));
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = api.write_kubeconfig(dir.path());
     let (port, stable) = pods(&["pod-a", "pod-b", "pod-c"], 2).await;
@@ -225,7 +227,8 @@ async fn discovery_follows_ready_terminating_and_relists_after_410() {
     assert_eq!(failed, 0);
     assert!(
         endpointslice_lists(&api) > lists_before,
-        "canaryd re-listed the EndpointSlices"
+        "canaryd did not re-list the EndpointSlices: {:#?}",
+        api.requests().iter().filter(|(_, p)| p.contains("endpointslices")).collect::<Vec<_>>()
     );
     assert_eq!(
         proxy
@@ -239,7 +242,15 @@ async fn discovery_follows_ready_terminating_and_relists_after_410() {
             .await,
         1.0
     );
+    assert_rbac_allows(&api, "prod");
     drop(stable);
+}
+
+/// Every request canaryd made is allowed by the RBAC rules we ship.
+fn assert_rbac_allows(api: &KubeApi, namespace: &str) {
+    let rbac = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac.yaml")).unwrap();
+    let refused = canary_tests::rbac::violations(&api.requests(), &rbac, namespace);
+    assert!(refused.is_empty(), "deploy/rbac.yaml does not allow:\n{}", refused.join("\n"));
 }
 
 /// List (not watch) requests for EndpointSlices seen by the API server.
@@ -412,4 +423,5 @@ async fn replicas_share_weights_refuse_stale_writes_and_hand_over_the_lease() {
         "no Weight event among {events:?}"
     );
     assert_eq!(follower.metric("canaryd_leader").await, 1.0);
+    assert_rbac_allows(&api, "prod");
 }

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod canaryd;
 pub mod client;
 pub mod kube_api;
+pub mod rbac;
 
 pub use backend::{Backend, BackendHandle, Recorded};
 pub use canaryd::Canaryd;

@@ -1,0 +1,153 @@
+//! Checks the requests a client made to the test API server against RBAC rules (a
+//! ClusterRole, and Roles in their namespace, from a YAML file), as the real API server's
+//! authorizer would: a request is allowed when some rule names its API group, resource
+//! (with `/subresource`) and verb.
+
+use serde_json::Value;
+
+/// One rule: groups, resources and verbs it allows, in `namespace` only for a Role.
+#[derive(Debug)]
+struct Rule {
+    namespace: Option<String>,
+    groups: Vec<String>,
+    resources: Vec<String>,
+    verbs: Vec<String>,
+}
+
+/// What a request asks of the authorizer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Attributes {
+    /// API group ("" for core).
+    pub group: String,
+    /// Resource, with `/subresource` when there is one.
+    pub resource: String,
+    /// Namespace, when namespaced.
+    pub namespace: Option<String>,
+    /// get, list, watch, create, update, patch, delete.
+    pub verb: String,
+}
+
+/// The authorizer's view of `method` on `path_and_query`; `None` for non-resource paths
+/// (`/version`, `/api`, `/apis`).
+pub fn attributes(method: &str, path_and_query: &str) -> Option<Attributes> {
+    let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", "v1", rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
+        _ => (None, rest),
+    };
+    let (resource, named) = match rest {
+        [] => return None,
+        [plural] => (plural.to_string(), false),
+        [plural, _name] => (plural.to_string(), true),
+        [plural, _name, sub] => (format!("{plural}/{sub}"), true),
+        _ => return None,
+    };
+    let watching = query
+        .split('&')
+        .any(|kv| kv == "watch=true" || kv == "watch=1");
+    let verb = match method {
+        "GET" if watching => "watch",
+        "GET" if named => "get",
+        "GET" => "list",
+        "POST" => "create",
+        "PUT" => "update",
+        "PATCH" => "patch",
+        "DELETE" => "delete",
+        other => other,
+    };
+    Some(Attributes {
+        group: group.to_string(),
+        resource,
+        namespace,
+        verb: verb.to_string(),
+    })
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+fn rules(rbac_yaml: &str) -> Vec<Rule> {
+    let mut rules = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(rbac_yaml) {
+        let v: Value = serde::Deserialize::deserialize(doc).expect("RBAC YAML");
+        let namespace = match v["kind"].as_str() {
+            Some("ClusterRole") => None,
+            Some("Role") => Some(v["metadata"]["namespace"].as_str().unwrap_or("default").to_string()),
+            _ => continue,
+        };
+        for r in v["rules"].as_array().into_iter().flatten() {
+            rules.push(Rule {
+                namespace: namespace.clone(),
+                groups: strings(&r["apiGroups"]),
+                resources: strings(&r["resources"]),
+                verbs: strings(&r["verbs"]),
+            });
+        }
+    }
+    rules
+}
+
+/// Requests of `log` (method, path and query) that the roles in `rbac_yaml` do not allow;
+/// namespaces named `canaryd` in Roles stand for `role_namespace`.
+pub fn violations(log: &[(String, String)], rbac_yaml: &str, role_namespace: &str) -> Vec<String> {
+    let rules = rules(rbac_yaml);
+    let mut refused = Vec::new();
+    for (method, path) in log {
+        let Some(a) = attributes(method, path) else { continue };
+        let allowed = rules.iter().any(|r| {
+            let in_scope = match &r.namespace {
+                None => true,
+                Some(ns) => {
+                    let ns = if ns == "canaryd" { role_namespace } else { ns.as_str() };
+                    a.namespace.as_deref() == Some(ns)
+                }
+            };
+            in_scope
+                && r.groups.iter().any(|g| g == &a.group || g == "*")
+                && r.resources.iter().any(|x| x == &a.resource || x == "*")
+                && r.verbs.iter().any(|v| v == &a.verb || v == "*")
+        });
+        if !allowed {
+            let line = format!("{method} {path} ({a:?})");
+            if !refused.contains(&line) {
+                refused.push(line);
+            }
+        }
+    }
+    refused
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_attributes() {
+        let a = attributes("GET", "/apis/discovery.k8s.io/v1/namespaces/prod/endpointslices?labelSelector=x&watch=true").unwrap();
+        assert_eq!((a.group.as_str(), a.resource.as_str(), a.verb.as_str()), ("discovery.k8s.io", "endpointslices", "watch"));
+        let a = attributes("PUT", "/apis/canaryd.dev/v1alpha1/namespaces/prod/canaryroutes/web/status").unwrap();
+        assert_eq!((a.resource.as_str(), a.verb.as_str()), ("canaryroutes/status", "update"));
+        let a = attributes("GET", "/api/v1/pods").unwrap();
+        assert_eq!((a.group.as_str(), a.verb.as_str(), a.namespace), ("", "list", None));
+        assert_eq!(attributes("GET", "/version"), None);
+    }
+
+    #[test]
+    fn roles_bind_their_namespace_and_unlisted_verbs_are_refused() {
+        let yaml = "kind: Role\nmetadata: {namespace: canaryd}\nrules: [{apiGroups: [coordination.k8s.io], resources: [leases], verbs: [get]}]\n---\nkind: ClusterRole\nrules: [{apiGroups: [''], resources: [pods], verbs: [list]}]\n";
+        let log = |m: &str, p: &str| vec![(m.to_string(), p.to_string())];
+        assert!(violations(&log("GET", "/apis/coordination.k8s.io/v1/namespaces/prod/leases/x"), yaml, "prod").is_empty());
+        assert_eq!(violations(&log("GET", "/apis/coordination.k8s.io/v1/namespaces/other/leases/x"), yaml, "prod").len(), 1);
+        assert!(violations(&log("GET", "/api/v1/namespaces/a/pods"), yaml, "prod").is_empty());
+        assert_eq!(violations(&log("DELETE", "/api/v1/namespaces/a/pods/p"), yaml, "prod").len(), 1);
+    }
+}
