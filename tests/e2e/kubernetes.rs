@@ -228,7 +228,10 @@ async fn discovery_follows_ready_terminating_and_relists_after_410() {
     assert!(
         endpointslice_lists(&api) > lists_before,
         "canaryd did not re-list the EndpointSlices: {:#?}",
-        api.requests().iter().filter(|(_, p)| p.contains("endpointslices")).collect::<Vec<_>>()
+        api.requests()
+            .iter()
+            .filter(|(_, p)| p.contains("endpointslices"))
+            .collect::<Vec<_>>()
     );
     assert_eq!(
         proxy
@@ -250,7 +253,11 @@ async fn discovery_follows_ready_terminating_and_relists_after_410() {
 fn assert_rbac_allows(api: &KubeApi, namespace: &str) {
     let rbac = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac.yaml")).unwrap();
     let refused = canary_tests::rbac::violations(&api.requests(), &rbac, namespace);
-    assert!(refused.is_empty(), "deploy/rbac.yaml does not allow:\n{}", refused.join("\n"));
+    assert!(
+        refused.is_empty(),
+        "deploy/rbac.yaml does not allow:\n{}",
+        refused.join("\n")
+    );
 }
 
 /// List (not watch) requests for EndpointSlices seen by the API server.

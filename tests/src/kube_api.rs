@@ -1587,6 +1587,11 @@ impl WatchTask {
         };
         tokio::pin!(deadline);
         loop {
+            // A drop ordered before a write must win over sending that write's event, or a
+            // test that drops the watch and then writes could see the event arrive anyway.
+            if drops.has_changed().unwrap_or(true) {
+                return;
+            }
             let (lines, kind) = {
                 let store = self.shared.lock();
                 let (lines, rv) = store.events_since(&self.filter, self.last, self.meta_only);
@@ -1599,8 +1604,9 @@ impl WatchTask {
                 }
             }
             tokio::select! {
-                r = changed.changed() => if r.is_err() { return },
+                biased;
                 _ = drops.changed() => return,
+                r = changed.changed() => if r.is_err() { return },
                 _ = tx.closed() => return,
                 _ = &mut deadline => return,
                 _ = ticks.tick(), if self.bookmarks => {
