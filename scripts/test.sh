@@ -27,6 +27,11 @@ fi
 if ! python3 -c "import openapi_spec_validator" 2>/dev/null; then
   python3 -m pip install -q openapi-spec-validator
 fi
+# Kubernetes YAML (CRD, RBAC, examples) is validated against the real API schemas.
+command -v kubernetes-validate >/dev/null || python3 -m pip install -q kubernetes-validate
+
+echo "== kubernetes-validate (CRD, RBAC, examples)"
+kubernetes-validate --strict --quiet deploy/crds/*.yaml deploy/*.yaml examples/kubernetes/*.yaml
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
