@@ -145,6 +145,8 @@ struct Inner {
     owners: HashMap<String, Owner>,
     /// Changes waiting to be written to CanaryRoute status.
     intents: Vec<Intent>,
+    /// Discovery state per (route, variant) in kubernetes mode.
+    discovery: HashMap<(String, Variant), crate::status::DiscoveryStatus>,
     /// The analysis's memory per route (not persisted: a restart judges afresh).
     judged: HashMap<String, Judged>,
 }
@@ -196,6 +198,7 @@ impl Controller {
                 judged: HashMap::new(),
                 owners: HashMap::new(),
                 intents: Vec::new(),
+                discovery: HashMap::new(),
             }),
             leader: std::sync::atomic::AtomicBool::new(true),
             intents_ready: tokio::sync::Notify::new(),
@@ -488,6 +491,7 @@ impl Controller {
         config: Config,
         owners: HashMap<String, Owner>,
         shared: HashMap<String, RouteState>,
+        discovery: HashMap<(String, Variant), crate::status::DiscoveryStatus>,
     ) -> anyhow::Result<()> {
         let mut inner = self.lock();
         let before = inner.store.state.clone();
@@ -537,6 +541,7 @@ impl Controller {
         }
         inner.config = config;
         inner.owners = owners;
+        inner.discovery = discovery;
         if !intents.is_empty() {
             inner.intents.extend(intents);
             self.intents_ready.notify_one();
@@ -581,6 +586,7 @@ impl Controller {
             config,
             owners,
             intents,
+            ..
         } = &mut *inner;
         for (name, state) in store.state.routes.iter_mut() {
             let analysis_ok = match config
@@ -851,6 +857,7 @@ impl Controller {
                 requests: c.requests,
                 server_errors: c.server_errors,
                 upstream_errors: c.upstream_errors,
+                discovery: inner.discovery.get(&(route.to_string(), v)).cloned(),
             }
         };
         Some(RouteStatus {

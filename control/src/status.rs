@@ -65,7 +65,7 @@ pub struct WindowFigures {
 }
 
 /// One variant's endpoints and request totals since the process started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct VariantStatus {
     /// Configured endpoints.
     pub endpoints: usize,
@@ -75,6 +75,21 @@ pub struct VariantStatus {
     pub server_errors: u64,
     /// Requests that got no upstream response.
     pub upstream_errors: u64,
+    /// For endpoints discovered in the cluster: how current they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryStatus>,
+}
+
+/// The state of a variant's discovery (kubernetes mode).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryStatus {
+    /// What is watched, e.g. `service prod/app:http`.
+    pub source: String,
+    /// Listed at least once.
+    pub synced: bool,
+    /// Seconds the endpoints may be behind the cluster (0 while the watch is healthy).
+    pub stale_seconds: f64,
 }
 
 /// `PUT /api/v1/routes/{route}/weight`.

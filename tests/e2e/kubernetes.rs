@@ -245,6 +245,15 @@ async fn discovery_follows_ready_terminating_and_relists_after_410() {
             .await,
         1.0
     );
+    let (_, _, status) = admin_call(proxy.admin, "GET", "/api/v1/routes/app", &[], "").await;
+    assert_eq!(status["stable"]["endpoints"], json!(1), "{status}");
+    assert_eq!(
+        status["stable"]["discovery"]["source"],
+        json!("service prod/app:http"),
+        "{status}"
+    );
+    assert_eq!(status["stable"]["discovery"]["synced"], json!(true));
+    assert_eq!(status["stable"]["discovery"]["stale_seconds"], json!(0.0));
     assert_rbac_allows(&api, "prod");
     drop(stable);
 }
@@ -317,6 +326,35 @@ async fn replicas_share_weights_refuse_stale_writes_and_hand_over_the_lease() {
         .await,
         "no status written"
     );
+
+    // A CanaryRoute whose host + path is taken, and one with an invalid spec, are refused
+    // and reported; the route already served is untouched.
+    api.apply(kube_api::canary_route(
+        "prod",
+        "web-copy",
+        canary_route_spec(&stable.endpoint(), &canary.endpoint()),
+    ));
+    api.apply(kube_api::canary_route(
+        "prod",
+        "bad",
+        json!({"stable": {"endpoints": [stable.endpoint()]}, "weight": 120}),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.metric("canaryd_kubernetes_problems").await != 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "problems not reported:\n{}",
+            a.log().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(a.wait_log("CanaryRoute prod/bad: spec.weight", Duration::from_secs(1)));
+    assert!(a.wait_log(
+        "CanaryRoute prod/web-copy not served: web.example with path",
+        Duration::from_secs(1)
+    ));
+    let (status, _, _) = admin_call(a.admin, "GET", "/api/v1/routes/web-copy", &[], "").await;
+    assert_eq!(status, 404);
 
     // A pipeline's `canaryctl weight` on replica A is served by replica B within a second.
     let out = std::process::Command::new(canary_tests::canaryd::canaryctl())

@@ -48,9 +48,7 @@ pub fn attributes(method: &str, path_and_query: &str) -> Option<Attributes> {
         [plural, _name, sub] => (format!("{plural}/{sub}"), true),
         _ => return None,
     };
-    let watching = query
-        .split('&')
-        .any(|kv| kv == "watch=true" || kv == "watch=1");
+    let watching = query.split('&').any(|kv| kv == "watch=true" || kv == "watch=1");
     let verb = match method {
         "GET" if watching => "watch",
         "GET" if named => "get",
@@ -132,10 +130,24 @@ mod tests {
 
     #[test]
     fn request_attributes() {
-        let a = attributes("GET", "/apis/discovery.k8s.io/v1/namespaces/prod/endpointslices?labelSelector=x&watch=true").unwrap();
-        assert_eq!((a.group.as_str(), a.resource.as_str(), a.verb.as_str()), ("discovery.k8s.io", "endpointslices", "watch"));
-        let a = attributes("PUT", "/apis/canaryd.dev/v1alpha1/namespaces/prod/canaryroutes/web/status").unwrap();
-        assert_eq!((a.resource.as_str(), a.verb.as_str()), ("canaryroutes/status", "update"));
+        let a = attributes(
+            "GET",
+            "/apis/discovery.k8s.io/v1/namespaces/prod/endpointslices?labelSelector=x&watch=true",
+        )
+        .unwrap();
+        assert_eq!(
+            (a.group.as_str(), a.resource.as_str(), a.verb.as_str()),
+            ("discovery.k8s.io", "endpointslices", "watch")
+        );
+        let a = attributes(
+            "PUT",
+            "/apis/canaryd.dev/v1alpha1/namespaces/prod/canaryroutes/web/status",
+        )
+        .unwrap();
+        assert_eq!(
+            (a.resource.as_str(), a.verb.as_str()),
+            ("canaryroutes/status", "update")
+        );
         let a = attributes("GET", "/api/v1/pods").unwrap();
         assert_eq!((a.group.as_str(), a.verb.as_str(), a.namespace), ("", "list", None));
         assert_eq!(attributes("GET", "/version"), None);
@@ -145,9 +157,25 @@ mod tests {
     fn roles_bind_their_namespace_and_unlisted_verbs_are_refused() {
         let yaml = "kind: Role\nmetadata: {namespace: canaryd}\nrules: [{apiGroups: [coordination.k8s.io], resources: [leases], verbs: [get]}]\n---\nkind: ClusterRole\nrules: [{apiGroups: [''], resources: [pods], verbs: [list]}]\n";
         let log = |m: &str, p: &str| vec![(m.to_string(), p.to_string())];
-        assert!(violations(&log("GET", "/apis/coordination.k8s.io/v1/namespaces/prod/leases/x"), yaml, "prod").is_empty());
-        assert_eq!(violations(&log("GET", "/apis/coordination.k8s.io/v1/namespaces/other/leases/x"), yaml, "prod").len(), 1);
+        assert!(violations(
+            &log("GET", "/apis/coordination.k8s.io/v1/namespaces/prod/leases/x"),
+            yaml,
+            "prod"
+        )
+        .is_empty());
+        assert_eq!(
+            violations(
+                &log("GET", "/apis/coordination.k8s.io/v1/namespaces/other/leases/x"),
+                yaml,
+                "prod"
+            )
+            .len(),
+            1
+        );
         assert!(violations(&log("GET", "/api/v1/namespaces/a/pods"), yaml, "prod").is_empty());
-        assert_eq!(violations(&log("DELETE", "/api/v1/namespaces/a/pods/p"), yaml, "prod").len(), 1);
+        assert_eq!(
+            violations(&log("DELETE", "/api/v1/namespaces/a/pods/p"), yaml, "prod").len(),
+            1
+        );
     }
 }

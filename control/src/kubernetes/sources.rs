@@ -19,6 +19,8 @@ use super::watch::Watch;
 use crate::controller::{Controller, Owner};
 use crate::metrics::ControlMetrics;
 use crate::state::RouteState;
+use crate::status::DiscoveryStatus;
+use canary_proxy::Variant;
 
 /// The cluster's contribution to the routes, and the watches behind it.
 pub struct ClusterSources {
@@ -41,8 +43,8 @@ pub struct Composed {
     pub problems: Vec<String>,
     /// Every watch has listed at least once.
     pub synced: bool,
-    /// Discovery state per (route, variant), for metrics.
-    pub discovered: Vec<(String, &'static str, Resolved)>,
+    /// Discovery state per (route, variant), for metrics and the route status.
+    pub discovered: Vec<(String, Variant, SourceKey, Resolved)>,
 }
 
 impl ClusterSources {
@@ -161,12 +163,16 @@ impl ClusterSources {
         self.discovery.ensure(&wanted);
         let mut discovered = Vec::new();
         for route in &mut config.routes {
-            for (variant, backend) in [("stable", &mut route.stable), ("canary", &mut route.canary)] {
+            for (variant, backend) in [
+                (Variant::Stable, &mut route.stable),
+                (Variant::Canary, &mut route.canary),
+            ] {
                 let Some(k) = &backend.kubernetes else { continue };
-                let resolved = self.discovery.resolve(&key(&k.namespace, &k.target));
+                let source = key(&k.namespace, &k.target);
+                let resolved = self.discovery.resolve(&source);
                 synced &= resolved.synced;
                 backend.endpoints = resolved.endpoints.clone();
-                discovered.push((route.name.clone(), variant, resolved));
+                discovered.push((route.name.clone(), variant, source, resolved));
             }
         }
         Composed {
@@ -240,11 +246,18 @@ pub async fn run(
             reported = composed.problems.clone();
         }
         metrics.kubernetes_problems(reported.len());
-        for (route, variant, r) in &composed.discovered {
-            metrics.discovery(route, variant, r.synced, r.stale_seconds);
+        let mut discovery = HashMap::new();
+        for (route, variant, source, r) in &composed.discovered {
+            metrics.discovery(route, variant.as_str(), r.synced, r.stale_seconds);
+            let status = DiscoveryStatus {
+                source: source.to_string(),
+                synced: r.synced,
+                stale_seconds: r.stale_seconds,
+            };
+            discovery.insert((route.clone(), *variant), status);
         }
         let synced = composed.synced;
-        if let Err(e) = controller.apply_sources(composed.config, composed.owners, composed.shared) {
+        if let Err(e) = controller.apply_sources(composed.config, composed.owners, composed.shared, discovery) {
             tracing::error!(error = %e, "routes from the cluster not applied; the previous ones keep serving");
         }
         if synced && !ready.swap(true, Ordering::Relaxed) {
