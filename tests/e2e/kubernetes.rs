@@ -470,3 +470,79 @@ async fn replicas_share_weights_refuse_stale_writes_and_hand_over_the_lease() {
     assert_eq!(follower.metric("canaryd_leader").await, 1.0);
     assert_rbac_allows(&api, "prod");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_by_any_replica_reaches_every_replica() {
+    let api = KubeApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.write_kubeconfig(dir.path());
+    let stable = Backend::new("stable").start().await;
+    let canary = Backend::new("canary").status(500).start().await;
+    api.apply(kube_api::canary_route(
+        "prod",
+        "web",
+        json!({
+            "hosts": [WEB],
+            "stable": {"endpoints": [stable.endpoint()]},
+            "canary": {"endpoints": [canary.endpoint()]},
+            "weight": 50,
+            "rollout": {"analysis": {"window": "10s", "minRequests": 20, "maxErrorRate": 5, "failuresBeforeAbort": 1}}
+        }),
+    ));
+    let a = Canaryd::start_kubernetes(&replica_config(), &kubeconfig);
+    let b = Canaryd::start_kubernetes(&replica_config(), &kubeconfig);
+    wait_ready(&a).await;
+    wait_ready(&b).await;
+    assert!(
+        api.wait_until(Duration::from_secs(10), |_| api
+            .get("coordination.k8s.io/v1", "Lease", "prod", "canaryd-leader")
+            .is_some_and(|l| l["spec"]["holderIdentity"].is_string()))
+            .await
+    );
+    // Traffic reaches only the replica that does not lead: it must abort on its own.
+    let holder = api
+        .get("coordination.k8s.io/v1", "Lease", "prod", "canaryd-leader")
+        .unwrap()["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (leader, follower) = if holder.ends_with(&format!("-{}", a.pid())) {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    let client = Client::new();
+    let started = Instant::now();
+    let mut sent = 0;
+    while route_status(leader).await["phase"] != json!("Aborted") {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no abort reached the leader"
+        );
+        for _ in 0..20 {
+            let _ = client.get(follower.addr, WEB, "/").await;
+            sent += 1;
+        }
+    }
+    eprintln!(
+        "canary failing on the follower only: aborted everywhere after {:?} ({sent} requests)",
+        started.elapsed()
+    );
+    let object = api.get("canaryd.dev/v1alpha1", "CanaryRoute", "prod", "web").unwrap();
+    assert_eq!(object["status"]["weightPpm"], json!(0), "{}", object["status"]);
+    assert_eq!(object["status"]["phase"], json!("Aborted"));
+    assert!(
+        object["status"]["updatedBy"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("analysis via") && u.ends_with(&format!("-{}", follower.pid()))),
+        "{}",
+        object["status"]
+    );
+    assert_eq!(route_status(leader).await["weight"], json!(0.0));
+    let seen = spread(&client, leader, WEB, &[], 50).await;
+    assert_eq!(
+        seen.get("canary"),
+        None,
+        "the leader still sends traffic to the aborted canary"
+    );
+}
