@@ -11,9 +11,9 @@ mod weight;
 
 pub use error::{ConfigError, FieldError};
 pub use model::{
-    Admin, Affinity, AffinityKey, Analysis, Backend, CertificateFiles, Config, Endpoint, HeaderMatch, HostPattern,
-    Hsts, KubeSource, KubeTarget, Kubernetes, Listen, Overrides, PassiveHealth, PortRef, PrometheusCheck, Route, State,
-    Timeouts, Tls,
+    Admin, Affinity, AffinityKey, Analysis, Backend, CertificateFiles, CertificateSecret, Config, Endpoint,
+    HeaderMatch, HostPattern, Hsts, KubeSource, KubeTarget, Kubernetes, Listen, Overrides, PassiveHealth, PortRef,
+    PrometheusCheck, Route, State, Timeouts, Tls,
 };
 pub use weight::{Weight, WeightError};
 

@@ -63,8 +63,21 @@ pub struct Limits {
 pub struct Tls {
     /// Certificates, chosen by SNI.
     pub certificates: Vec<CertificateFiles>,
+    /// `kubernetes.io/tls` Secrets (kubernetes mode), chosen by SNI like the files.
+    pub secrets: Vec<CertificateSecret>,
     /// Refuse handshakes whose SNI matches no certificate (else the first certificate answers).
     pub reject_unknown_sni: bool,
+}
+
+/// A `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`), for some hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateSecret {
+    /// Hosts (exact or `*.` wildcard) this certificate answers for.
+    pub hosts: Vec<HostPattern>,
+    /// Namespace of the Secret.
+    pub namespace: String,
+    /// Name of the Secret.
+    pub name: String,
 }
 
 /// A PEM certificate chain and key, for some hosts.

@@ -102,7 +102,15 @@ impl Default for RawLimits {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawTls {
     pub certificates: Vec<RawCertificate>,
+    pub secrets: Vec<RawSecretCertificate>,
     pub unknown_sni: RawUnknownSni,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSecretCertificate {
+    pub hosts: Vec<String>,
+    pub secret: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -116,7 +116,12 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         .as_ref()
         .and_then(|a| socket_addr(&mut errs, "listen.https", a));
     let tls = tls(&mut errs, &raw.tls);
-    if https.is_some() && tls.certificates.is_empty() {
+    // Certificates may also come from the Ingresses' `tls:` sections (kubernetes mode).
+    if https.is_some()
+        && tls.certificates.is_empty()
+        && tls.secrets.is_empty()
+        && raw.kubernetes.ingress_class.is_none()
+    {
         errs.push("tls.certificates", "listen.https needs at least one certificate");
     }
     if https.is_none() && routes.iter().any(|r| r.redirect_https) {
@@ -347,8 +352,34 @@ fn tls(errs: &mut Errors, raw: &RawTls) -> Tls {
             key: c.key.clone().into(),
         });
     }
+    let mut secrets = Vec::with_capacity(raw.secrets.len());
+    for (i, c) in raw.secrets.iter().enumerate() {
+        let at = format!("tls.secrets[{i}]");
+        let mut hosts = Vec::new();
+        for (j, h) in c.hosts.iter().enumerate() {
+            match host_pattern(h) {
+                Ok(p) => hosts.push(p),
+                Err(m) => errs.push(format!("{at}.hosts[{j}]"), m),
+            }
+        }
+        if c.hosts.is_empty() {
+            errs.push(format!("{at}.hosts"), "list the hosts this certificate answers for");
+        }
+        match c.secret.split_once('/') {
+            Some((ns, name)) if dns_label(ns) && dns_name(name) => secrets.push(CertificateSecret {
+                hosts,
+                namespace: ns.into(),
+                name: name.into(),
+            }),
+            _ => errs.push(
+                format!("{at}.secret"),
+                format!("{:?} is not NAMESPACE/NAME of a Secret", c.secret),
+            ),
+        }
+    }
     Tls {
         certificates,
+        secrets,
         reject_unknown_sni: matches!(raw.unknown_sni, RawUnknownSni::Reject),
     }
 }

@@ -63,6 +63,11 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
             }
         }
     }
+    if opts.mode == Mode::Standalone && config.listen.https.is_some() && config.tls.certificates.is_empty() {
+        anyhow::bail!(
+            "tls.certificates: listen.https needs at least one certificate file (tls.secrets and Ingress TLS need `--mode kubernetes`)"
+        );
+    }
     let kube_client = match opts.mode {
         Mode::Standalone => None,
         Mode::Kubernetes => Some(crate::kubernetes::client(opts.kubeconfig.as_deref()).await?),
@@ -169,6 +174,7 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
             controller.clone(),
             ready.clone(),
             control_metrics.clone(),
+            certificates.as_ref().map(Certificates::secrets),
             stop_rx.clone(),
         )
     });

@@ -272,3 +272,108 @@ async fn plain_http_redirects_to_https_when_asked() {
     assert_eq!(r.headers["location"], "https://secure.test/cart?id=3");
     assert_eq!(backend.count(), 0);
 }
+
+/// A `kubernetes.io/tls` Secret from the PEM files `issue` wrote.
+fn tls_secret(dir: &Path, file: &str, broken_key: bool) -> k8s_openapi::api::core::v1::Secret {
+    use k8s_openapi::ByteString;
+    let cert = std::fs::read(dir.join(format!("{file}.pem"))).unwrap();
+    let key = if broken_key {
+        b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n".to_vec()
+    } else {
+        std::fs::read(dir.join(format!("{file}.key"))).unwrap()
+    };
+    k8s_openapi::api::core::v1::Secret {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            namespace: Some("prod".into()),
+            name: Some("web-tls".into()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(
+            [
+                ("tls.crt".to_string(), ByteString(cert)),
+                ("tls.key".to_string(), ByteString(key)),
+            ]
+            .into_iter()
+            .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_from_the_secrets_of_ingress_tls_sections_rotate_and_survive_a_broken_update() {
+    use canary_tests::kube_api::{self, KubeApi};
+    let api = KubeApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.write_kubeconfig(dir.path());
+    let ca = Ca::new();
+    let first = ca.issue(dir.path(), "one", &["app.example"]);
+    let second = ca.issue(dir.path(), "two", &["app.example"]);
+    let backend = Backend::new("web").start().await;
+    let port: i32 = backend.endpoint().rsplit(':').next().unwrap().parse().unwrap();
+    api.apply(kube_api::ingress_class("canaryd", "canaryd.dev/ingress-controller"));
+    api.apply(kube_api::endpoint_slice(
+        "prod",
+        "web-1",
+        "web",
+        "http",
+        port,
+        &[("127.0.0.1", true, true, false)],
+    ));
+    let mut ingress = kube_api::ingress("prod", "web", Some("canaryd"), &[("app.example", "/", "web", "http")]);
+    ingress.spec.as_mut().unwrap().tls = Some(vec![k8s_openapi::api::networking::v1::IngressTLS {
+        hosts: Some(vec!["app.example".into()]),
+        secret_name: Some("web-tls".into()),
+    }]);
+    api.apply(ingress);
+    api.apply(tls_secret(dir.path(), "one", false));
+
+    let yaml = Canaryd::config("kubernetes: { namespace: prod, canary_routes: false }\n")
+        .replace("listen: {", "listen: { https: \"127.0.0.1:0\",");
+    let proxy = Canaryd::start_kubernetes(&yaml, &kubeconfig);
+    let https = proxy.https.expect("https listener");
+    let served = || async { https_get(&ca, https, "app.example", "/").await };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (leaf, response) = loop {
+        match served().await {
+            Ok(r) => break r,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "no certificate served: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(leaf, first, "the Secret's certificate is served");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+    // The Secret is renewed (cert-manager, say): the new certificate is served.
+    api.apply(tls_secret(dir.path(), "two", false));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while served().await.unwrap().0 != second {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewed Secret was not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A broken update keeps the certificate that works, and says why.
+    api.apply(tls_secret(dir.path(), "one", true));
+    assert!(proxy.wait_log("Secret prod/web-tls does not load", Duration::from_secs(5)));
+    assert_eq!(
+        served().await.unwrap().0,
+        second,
+        "a broken Secret must not replace a working certificate"
+    );
+    assert!(proxy.metric("canaryd_kubernetes_problems").await >= 1.0);
+    assert!(
+        proxy
+            .metric(r#"canaryd_certificate_expiry_seconds{cert="secret:prod/web-tls"}"#)
+            .await
+            > 86_400.0
+    );
+
+    // RBAC can be limited to the Secrets named: canaryd reads them by name only.
+    let rbac = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac.yaml")).unwrap()
+        + "---\nkind: Role\nmetadata: {name: canaryd-tls, namespace: prod}\nrules:\n  - apiGroups: ['']\n    resources: [secrets]\n    resourceNames: [web-tls]\n    verbs: [get, list, watch]\n";
+    let refused = canary_tests::rbac::violations(&api.requests(), &rbac, "prod");
+    assert!(refused.is_empty(), "not allowed:\n{}", refused.join("\n"));
+}

@@ -11,6 +11,8 @@ struct Rule {
     namespace: Option<String>,
     groups: Vec<String>,
     resources: Vec<String>,
+    /// When set, only objects of these names (by path, or by a `metadata.name` field selector).
+    names: Vec<String>,
     verbs: Vec<String>,
 }
 
@@ -25,6 +27,8 @@ pub struct Attributes {
     pub namespace: Option<String>,
     /// get, list, watch, create, update, patch, delete.
     pub verb: String,
+    /// The object named, by path or by a `metadata.name=` field selector.
+    pub name: Option<String>,
 }
 
 /// The authorizer's view of `method` on `path_and_query`; `None` for non-resource paths
@@ -41,13 +45,20 @@ pub fn attributes(method: &str, path_and_query: &str) -> Option<Attributes> {
         ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
         _ => (None, rest),
     };
-    let (resource, named) = match rest {
+    let (resource, name) = match rest {
         [] => return None,
-        [plural] => (plural.to_string(), false),
-        [plural, _name] => (plural.to_string(), true),
-        [plural, _name, sub] => (format!("{plural}/{sub}"), true),
+        [plural] => (plural.to_string(), None),
+        [plural, name] => (plural.to_string(), Some(name.to_string())),
+        [plural, name, sub] => (format!("{plural}/{sub}"), Some(name.to_string())),
         _ => return None,
     };
+    let named = name.is_some();
+    let selected = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("fieldSelector="))
+        .map(|v| v.replace("%3D", "=").replace("%3d", "="))
+        .and_then(|v| v.strip_prefix("metadata.name=").map(str::to_string));
+    let name = name.or(selected);
     let watching = query.split('&').any(|kv| kv == "watch=true" || kv == "watch=1");
     let verb = match method {
         "GET" if watching => "watch",
@@ -64,6 +75,7 @@ pub fn attributes(method: &str, path_and_query: &str) -> Option<Attributes> {
         resource,
         namespace,
         verb: verb.to_string(),
+        name,
     })
 }
 
@@ -87,6 +99,7 @@ fn rules(rbac_yaml: &str) -> Vec<Rule> {
                 namespace: namespace.clone(),
                 groups: strings(&r["apiGroups"]),
                 resources: strings(&r["resources"]),
+                names: strings(&r["resourceNames"]),
                 verbs: strings(&r["verbs"]),
             });
         }
@@ -113,6 +126,7 @@ pub fn violations(log: &[(String, String)], rbac_yaml: &str, role_namespace: &st
                 && r.groups.iter().any(|g| g == &a.group || g == "*")
                 && r.resources.iter().any(|x| x == &a.resource || x == "*")
                 && r.verbs.iter().any(|v| v == &a.verb || v == "*")
+                && (r.names.is_empty() || a.name.as_ref().is_some_and(|n| r.names.contains(n)))
         });
         if !allowed {
             let line = format!("{method} {path} ({a:?})");

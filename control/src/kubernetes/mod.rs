@@ -77,6 +77,7 @@ pub fn start(
     controller: Arc<Controller>,
     ready: Arc<AtomicBool>,
     metrics: ControlMetrics,
+    certificates: Option<crate::certificates::SecretCertificates>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> ClusterTasks {
     let identity = identity();
@@ -86,7 +87,7 @@ pub fn start(
     controller.set_file_sink(file_tx);
     let writer = Arc::new(status::StatusWriter::new(client.clone(), identity.clone()));
     controller.set_cluster_writer(writer.clone());
-    let sources = sources::ClusterSources::start(client.clone(), config.kubernetes.clone());
+    let sources = sources::ClusterSources::start(client.clone(), config.kubernetes.clone(), certificates.is_some());
     let election = lease::Election {
         namespace: config.kubernetes.namespace.clone(),
         name: config.kubernetes.lease_name.clone(),
@@ -100,6 +101,7 @@ pub fn start(
             file_rx,
             ready,
             metrics,
+            certificates,
             stop.clone(),
         )),
         tokio::spawn(writer.run(controller.clone())),

@@ -6,7 +6,11 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
 use canary_config::{Config, HostPattern, Kubernetes, Route};
+use canary_proxy::tls::LoadedCert;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -16,6 +20,7 @@ use super::crd::CanaryRoute;
 use super::discovery::{Discovery, Resolved, SourceKey};
 use super::ingress::routes_from_ingresses;
 use super::watch::Watch;
+use crate::certificates::SecretCertificates;
 use crate::controller::{Controller, Owner};
 use crate::metrics::ControlMetrics;
 use crate::state::RouteState;
@@ -24,11 +29,43 @@ use canary_proxy::Variant;
 
 /// The cluster's contribution to the routes, and the watches behind it.
 pub struct ClusterSources {
+    client: Client,
     settings: Kubernetes,
     changed: Arc<Notify>,
     canary_routes: Option<Watch<CanaryRoute>>,
     ingresses: Option<Watch<Ingress>>,
     discovery: Discovery,
+    /// TLS Secrets in use (only with an HTTPS listener), each watched by name.
+    secrets: BTreeMap<(String, String), Watch<TlsPair>>,
+    /// The last certificate that loaded, per Secret and hosts: a broken update keeps it.
+    good_certs: HashMap<(String, String, Vec<HostPattern>), (TlsPair, LoadedCert)>,
+    /// Whether there is an HTTPS listener to load Secrets for.
+    https: bool,
+}
+
+/// The PEM parts of a `kubernetes.io/tls` Secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPair {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+fn tls_pair(s: Secret) -> TlsPair {
+    let mut data = s.data.unwrap_or_default();
+    let mut take = |k: &str| data.remove(k).map(|b| b.0).unwrap_or_default();
+    TlsPair {
+        cert: take("tls.crt"),
+        key: take("tls.key"),
+    }
+}
+
+/// `*.example.com` or `example.com`, lower-cased.
+fn host_pattern(host: &str) -> HostPattern {
+    let host = host.to_ascii_lowercase();
+    match host.strip_prefix("*.") {
+        Some(parent) => HostPattern::Wildcard(parent.into()),
+        None => HostPattern::Exact(host),
+    }
 }
 
 /// One composition: what to serve and who owns each route's state.
@@ -43,13 +80,16 @@ pub struct Composed {
     pub problems: Vec<String>,
     /// Every watch has listed at least once.
     pub synced: bool,
+    /// Certificates from Secrets (`namespace/name`, certificate), when there is an HTTPS listener.
+    pub certificates: Vec<(String, LoadedCert)>,
     /// Discovery state per (route, variant), for metrics and the route status.
     pub discovered: Vec<(String, Variant, SourceKey, Resolved)>,
 }
 
 impl ClusterSources {
-    /// Starts the CanaryRoute and Ingress watches `settings` asks for.
-    pub fn start(client: Client, settings: Kubernetes) -> Self {
+    /// Starts the CanaryRoute and Ingress watches `settings` asks for; with `https`, TLS
+    /// Secrets are watched too.
+    pub fn start(client: Client, settings: Kubernetes, https: bool) -> Self {
         let changed = Arc::new(Notify::new());
         let scope = |c: Client| match &settings.watch_namespace {
             Some(ns) => (
@@ -78,7 +118,11 @@ impl ClusterSources {
             )
         });
         Self {
-            discovery: Discovery::new(client, changed.clone()),
+            discovery: Discovery::new(client.clone(), changed.clone()),
+            client,
+            secrets: BTreeMap::new(),
+            good_certs: HashMap::new(),
+            https,
             settings,
             changed,
             canary_routes,
@@ -131,12 +175,30 @@ impl ClusterSources {
                 config.routes.push(route);
             }
         }
+        // (namespace, name, hosts) of every TLS Secret wanted.
+        let mut wanted_certs: Vec<(String, String, Vec<HostPattern>)> = file
+            .tls
+            .secrets
+            .iter()
+            .map(|s| (s.namespace.clone(), s.name.clone(), s.hosts.clone()))
+            .collect();
         if let (Some(w), Some(class)) = (&self.ingresses, &self.settings.ingress_class) {
             let snapshot = w.snapshot();
             synced &= snapshot.synced;
             let ingresses: Vec<Ingress> = snapshot.objects.values().cloned().collect();
             let built = routes_from_ingresses(&ingresses, class, file.limits.max_body_bytes);
             problems.extend(built.problems);
+            for t in built.tls {
+                if t.hosts.is_empty() {
+                    problems.push(format!(
+                        "Ingress {}: tls secret {} names no hosts; not served",
+                        t.ingress, t.secret
+                    ));
+                    continue;
+                }
+                let hosts = t.hosts.iter().map(|h| host_pattern(h)).collect();
+                wanted_certs.push((t.ingress.namespace.clone(), t.secret, hosts));
+            }
             for r in built.routes {
                 let source = r.canary.as_ref().unwrap_or(&r.stable).to_string();
                 if let Some(why) = taken.clash(&r.route) {
@@ -148,6 +210,12 @@ impl ClusterSources {
                 config.routes.push(r.route);
             }
         }
+
+        let certificates = if self.https {
+            self.certificates(&wanted_certs, &mut problems, &mut synced)
+        } else {
+            Vec::new()
+        };
 
         // Discovery: start what the routes need, stop the rest, fill in the endpoints.
         let key = |ns: &Option<String>, target: &canary_config::KubeTarget| SourceKey {
@@ -181,8 +249,72 @@ impl ClusterSources {
             shared,
             problems,
             synced,
+            certificates,
             discovered,
         }
+    }
+
+    /// Watches the wanted Secrets by name (RBAC can then be limited to those names) and loads
+    /// their certificates; a Secret that does not load keeps its last good certificate.
+    fn certificates(
+        &mut self,
+        wanted: &[(String, String, Vec<HostPattern>)],
+        problems: &mut Vec<String>,
+        synced: &mut bool,
+    ) -> Vec<(String, LoadedCert)> {
+        let names: BTreeSet<(String, String)> = wanted.iter().map(|(ns, n, _)| (ns.clone(), n.clone())).collect();
+        self.secrets.retain(|k, _| names.contains(k));
+        self.good_certs
+            .retain(|(ns, n, _), _| names.contains(&(ns.clone(), n.clone())));
+        for (ns, name) in &names {
+            if !self.secrets.contains_key(&(ns.clone(), name.clone())) {
+                let watch = Watch::start(
+                    Api::<Secret>::namespaced(self.client.clone(), ns),
+                    watcher::Config::default().fields(&format!("metadata.name={name}")),
+                    format!("secret {ns}/{name}"),
+                    self.changed.clone(),
+                    tls_pair,
+                );
+                self.secrets.insert((ns.clone(), name.clone()), watch);
+            }
+        }
+        let mut certs = Vec::new();
+        for (ns, name, hosts) in wanted {
+            let snapshot = self.secrets[&(ns.clone(), name.clone())].snapshot();
+            *synced &= snapshot.synced;
+            let key = (ns.clone(), name.clone(), hosts.clone());
+            let label = format!("{ns}/{name}");
+            match snapshot.objects.get(&(ns.clone(), name.clone())) {
+                None if snapshot.synced => {
+                    problems.push(format!("Secret {label} not found; its hosts get no certificate"))
+                }
+                None => {}
+                Some(pair) => {
+                    let fresh = match self.good_certs.get(&key) {
+                        Some((seen, _)) if seen == pair => None,
+                        _ => Some(LoadedCert::from_pem(hosts.clone(), &pair.cert, &pair.key)),
+                    };
+                    match fresh {
+                        None => {}
+                        Some(Ok(cert)) => {
+                            self.good_certs.insert(key.clone(), (pair.clone(), cert));
+                        }
+                        Some(Err(e)) => {
+                            let keeps = if self.good_certs.contains_key(&key) {
+                                "the previous certificate keeps serving"
+                            } else {
+                                "its hosts get no certificate"
+                            };
+                            problems.push(format!("Secret {label} does not load ({e}); {keeps}"));
+                        }
+                    }
+                }
+            }
+            if let Some((_, cert)) = self.good_certs.get(&key) {
+                certs.push((label, cert.clone()));
+            }
+        }
+        certs
     }
 }
 
@@ -232,10 +364,13 @@ pub async fn run(
     mut file: watch::Receiver<Config>,
     ready: Arc<AtomicBool>,
     metrics: ControlMetrics,
+    certificates: Option<SecretCertificates>,
     mut stop: watch::Receiver<bool>,
 ) {
     let changed = sources.changed();
     let mut reported: Vec<String> = Vec::new();
+    // (label, hosts, chain) of the Secret certificates served, to republish only on change.
+    let mut served: Option<Vec<(String, Vec<HostPattern>, usize)>> = None;
     loop {
         let current = file.borrow_and_update().clone();
         let composed = sources.compose(&current);
@@ -255,6 +390,20 @@ pub async fn run(
                 stale_seconds: r.stale_seconds,
             };
             discovery.insert((route.clone(), *variant), status);
+        }
+        if let Some(handle) = &certificates {
+            let now: Vec<_> = composed
+                .certificates
+                .iter()
+                .map(|(l, c)| (l.clone(), c.hosts.clone(), Arc::as_ptr(&c.key) as usize))
+                .collect();
+            if served.as_ref() != Some(&now) {
+                tracing::info!(certificates = now.len(), "certificates from Secrets applied");
+                handle.set(composed.certificates.clone());
+                served = Some(now);
+            } else {
+                handle.refresh_expiry();
+            }
         }
         let synced = composed.synced;
         if let Err(e) = controller.apply_sources(composed.config, composed.owners, composed.shared, discovery) {
