@@ -327,20 +327,19 @@ fn affinity(errs: &mut Errors, at: &str, raw: &RawAffinity) -> Option<Affinity> 
     })
 }
 
+/// The hosts of a certificate: at least one, each a valid host pattern.
+fn certificate_hosts(errs: &mut Errors, at: &str, raw: &[String]) -> Vec<HostPattern> {
+    if raw.is_empty() {
+        errs.push(format!("{at}.hosts"), "list the hosts this certificate answers for");
+    }
+    hosts(errs, at, raw)
+}
+
 fn tls(errs: &mut Errors, raw: &RawTls) -> Tls {
     let mut certificates = Vec::with_capacity(raw.certificates.len());
     for (i, c) in raw.certificates.iter().enumerate() {
         let at = format!("tls.certificates[{i}]");
-        let mut hosts = Vec::new();
-        for (j, h) in c.hosts.iter().enumerate() {
-            match host_pattern(h) {
-                Ok(p) => hosts.push(p),
-                Err(m) => errs.push(format!("{at}.hosts[{j}]"), m),
-            }
-        }
-        if c.hosts.is_empty() {
-            errs.push(format!("{at}.hosts"), "list the hosts this certificate answers for");
-        }
+        let hosts = certificate_hosts(errs, &at, &c.hosts);
         for (field, path) in [("cert", &c.cert), ("key", &c.key)] {
             if path.is_empty() || path.contains('\0') || path.contains('\n') {
                 errs.push(format!("{at}.{field}"), format!("{path:?} is not a file path"));
@@ -355,16 +354,7 @@ fn tls(errs: &mut Errors, raw: &RawTls) -> Tls {
     let mut secrets = Vec::with_capacity(raw.secrets.len());
     for (i, c) in raw.secrets.iter().enumerate() {
         let at = format!("tls.secrets[{i}]");
-        let mut hosts = Vec::new();
-        for (j, h) in c.hosts.iter().enumerate() {
-            match host_pattern(h) {
-                Ok(p) => hosts.push(p),
-                Err(m) => errs.push(format!("{at}.hosts[{j}]"), m),
-            }
-        }
-        if c.hosts.is_empty() {
-            errs.push(format!("{at}.hosts"), "list the hosts this certificate answers for");
-        }
+        let hosts = certificate_hosts(errs, &at, &c.hosts);
         match c.secret.split_once('/') {
             Some((ns, name)) if dns_label(ns) && dns_name(name) => secrets.push(CertificateSecret {
                 hosts,

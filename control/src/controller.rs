@@ -41,6 +41,23 @@ pub enum Command {
 }
 
 impl Command {
+    /// The state machine event of the command; a rollout start takes what it leaves out from
+    /// the route's planned steps and interval.
+    fn into_event(self, plan_steps: Vec<Weight>, plan_interval: Option<Duration>) -> Event {
+        match self {
+            Command::SetWeight(w) => Event::SetWeight(w),
+            Command::Start { steps, interval } => Event::Start {
+                steps: steps.unwrap_or(plan_steps),
+                interval: interval.or(plan_interval),
+            },
+            Command::Step => Event::Step,
+            Command::Pause => Event::Pause,
+            Command::Resume => Event::Resume,
+            Command::Promote => Event::Promote,
+            Command::Abort => Event::Abort,
+        }
+    }
+
     /// The audit name of the command.
     pub fn name(&self) -> &'static str {
         match self {
@@ -316,18 +333,7 @@ impl Controller {
         }
         let from = describe(state);
         let action = command.name();
-        let event = match command {
-            Command::SetWeight(w) => Event::SetWeight(w),
-            Command::Start { steps, interval } => Event::Start {
-                steps: steps.unwrap_or(plan.steps),
-                interval: interval.or(plan.interval),
-            },
-            Command::Step => Event::Step,
-            Command::Pause => Event::Pause,
-            Command::Resume => Event::Resume,
-            Command::Promote => Event::Promote,
-            Command::Abort => Event::Abort,
-        };
+        let event = command.into_event(plan.steps, plan.interval);
         apply_event(state, event, reason.clone())?;
         let to = describe(state);
         let entry = AuditEntry::applied(actor, route, action, from, to, reason);
@@ -412,18 +418,7 @@ impl Controller {
             .find(|r| r.name == route)
             .map(|r| r.rollout.clone())
             .ok_or_else(|| CommandError::UnknownRoute(route.into()))?;
-        Ok(match command {
-            Command::SetWeight(w) => Event::SetWeight(w),
-            Command::Start { steps, interval } => Event::Start {
-                steps: steps.unwrap_or(plan.steps),
-                interval: interval.or(plan.interval),
-            },
-            Command::Step => Event::Step,
-            Command::Pause => Event::Pause,
-            Command::Resume => Event::Resume,
-            Command::Promote => Event::Promote,
-            Command::Abort => Event::Abort,
-        })
+        Ok(command.into_event(plan.steps, plan.interval))
     }
 
     /// The state `change` makes of `base` (the cluster's current state of `route`, or `None`

@@ -4,13 +4,11 @@
 //! `canaryd --mode kubernetes` against the test API server, real backends playing the Pods.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use canary_tests::cluster::{pods, Load};
 use canary_tests::kube_api::{self, KubeApi};
-use canary_tests::{admin_call, Backend, BackendHandle, Canaryd, Client};
+use canary_tests::{admin_call, BackendHandle, Canaryd, Client};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{json, Value};
 
@@ -20,25 +18,6 @@ const ROUTE: &str = "prod-production";
 const NET: &str = "networking.k8s.io/v1";
 const STABLE: [&str; 2] = ["production-a", "production-b"];
 const CANARY: &str = "canary";
-
-/// Backends on 127.0.0.N sharing one port, as the Pods behind one Service do.
-async fn pods(names: &[&str], first_ip: u8) -> (u16, Vec<BackendHandle>) {
-    'retry: for _ in 0..20 {
-        let probe = std::net::TcpListener::bind((std::net::Ipv4Addr::new(127, 0, 0, first_ip), 0)).unwrap();
-        let port = probe.local_addr().unwrap().port();
-        drop(probe);
-        let mut handles = Vec::new();
-        for (i, name) in names.iter().enumerate() {
-            let addr = SocketAddr::from(([127, 0, 0, first_ip + i as u8], port));
-            if std::net::TcpListener::bind(addr).is_err() {
-                continue 'retry;
-            }
-            handles.push(Backend::new(name).start_on(addr).await);
-        }
-        return (port, handles);
-    }
-    panic!("no port free on all of 127.0.0.{first_ip}..");
-}
 
 /// A Service whose port 5000 (`web`) targets the Pods' port, as a Helm chart's Service does.
 fn service(name: &str, pod_port: u16) -> k8s_openapi::api::core::v1::Service {
@@ -159,15 +138,9 @@ async fn setup(first_ip: u8) -> Setup {
     }
 }
 
-/// Sends `n` requests and counts the answering backends.
+/// Sends `n` requests for the app's host and counts the answering backends.
 async fn spread(client: &Client, proxy: &Canaryd, headers: &[(&str, &str)], n: usize) -> HashMap<String, usize> {
-    let mut seen = HashMap::new();
-    for _ in 0..n {
-        let r = client.send(proxy.addr, HOST, "/", headers).await.expect("request");
-        assert_eq!(r.status, 200, "{}", r.text());
-        *seen.entry(r.backend().unwrap_or("?").to_string()).or_insert(0) += 1;
-    }
-    seen
+    canary_tests::cluster::spread(client, proxy, HOST, headers, n).await
 }
 
 /// Polls until 40 requests in a row reach only stable (`canary` false) or some reach the canary.
@@ -190,55 +163,6 @@ async fn route_status(proxy: &Canaryd) -> Value {
     let (status, _, body) = admin_call(proxy.admin, "GET", &format!("/api/v1/routes/{ROUTE}"), &[], "").await;
     assert_eq!(status, 200, "{body}");
     body
-}
-
-/// Bounded background load (at most `limit` requests on 4 connections) counting failures.
-struct Load {
-    done: Arc<AtomicBool>,
-    sent: Arc<AtomicUsize>,
-    failed: Arc<AtomicUsize>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(addr: SocketAddr, limit: usize) -> Self {
-        let done = Arc::new(AtomicBool::new(false));
-        let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let tasks = (0..4)
-            .map(|_| {
-                let (client, done, sent, failed) = (Client::new(), done.clone(), sent.clone(), failed.clone());
-                tokio::spawn(async move {
-                    for _ in 0..limit / 4 {
-                        if done.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        match client.get(addr, HOST, "/").await {
-                            Ok(r) if r.status == 200 => {}
-                            other => {
-                                eprintln!("failed: {other:?}");
-                                failed.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        sent.fetch_add(1, Ordering::Relaxed);
-                    }
-                })
-            })
-            .collect();
-        Self {
-            done,
-            sent,
-            failed,
-            tasks,
-        }
-    }
-
-    async fn stop(self) -> (usize, usize) {
-        self.done.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        (self.sent.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,7 +219,7 @@ async fn canary_ingress_annotations_split_override_and_follow_the_cluster() {
     assert_eq!(route_status(proxy).await["weight"], json!(25.0));
 
     // 4. Deleting the canary Ingress under load: all traffic to stable, no request fails.
-    let load = Load::start(proxy.addr, 8_000);
+    let load = Load::start(proxy.addr, HOST, 8_000);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(s.api.delete(NET, "Ingress", NS, "production-canary").is_some());
     let deleted = Instant::now();

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod canaryd;
 pub mod client;
+pub mod cluster;
 pub mod kube_api;
 pub mod rbac;
 
