@@ -27,3 +27,6 @@ pub use route::Route;
 pub use routing_table::{BuildError, LiveRoute, RoutingTable, Settings, TableHandle};
 pub use server::{serve, ServeOptions, TlsListener, TlsMetrics};
 pub use split::Variant;
+
+#[doc(hidden)]
+pub mod fuzzing;
