@@ -13,7 +13,7 @@ pub use error::{ConfigError, FieldError};
 pub use model::{
     Admin, Affinity, AffinityKey, Analysis, Backend, CertificateFiles, CertificateSecret, Config, Endpoint,
     HeaderMatch, HostPattern, Hsts, KubeSource, KubeTarget, Kubernetes, Listen, Overrides, PassiveHealth, PortRef,
-    PrometheusCheck, Route, State, Timeouts, Tls,
+    PrometheusCheck, Route, State, Timeouts, Tls, UpstreamTls,
 };
 pub use weight::{Weight, WeightError};
 

@@ -324,6 +324,22 @@ pub struct Backend {
     pub endpoints: Vec<Endpoint>,
     /// Endpoints discovered from the cluster (kubernetes mode).
     pub kubernetes: Option<KubeSource>,
+    /// HTTPS to the endpoints; `None`: plain HTTP.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// How canaryd speaks HTTPS to a variant's endpoints (`tls:` on `stable` / `canary`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UpstreamTls {
+    /// Check the certificate chain and name. `false` is for testing only: anyone on the path
+    /// can read and change the traffic.
+    pub verify: bool,
+    /// PEM file of the CA certificates trusted for these endpoints, instead of the built-in
+    /// (Mozilla) roots. Never set when `verify` is false.
+    pub ca: Option<std::path::PathBuf>,
+    /// Name sent as SNI and that the certificate must carry; `None`: the endpoint's host
+    /// (an IP endpoint then needs the IP as a subjectAltName).
+    pub sni: Option<String>,
 }
 
 /// Endpoints watched in the cluster.

@@ -341,6 +341,22 @@ pub(crate) struct RawBackend {
     pub endpoints: Vec<String>,
     #[serde(default)]
     pub kubernetes: Option<RawKubeSource>,
+    #[serde(default)]
+    pub tls: Option<RawUpstreamTls>,
+}
+
+/// HTTPS to a variant's endpoints: `tls: { verify: true, ca: FILE, sni: NAME }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstreamTls {
+    #[serde(default = "default_verify")]
+    pub verify: bool,
+    pub ca: Option<String>,
+    pub sni: Option<String>,
+}
+
+fn default_verify() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]

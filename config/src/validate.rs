@@ -608,7 +608,45 @@ fn backend(errs: &mut Errors, at: &str, raw: &RawBackend) -> Backend {
         }
         kube_source(errs, &format!("{at}.kubernetes"), k)
     });
-    Backend { endpoints, kubernetes }
+    let tls = raw.tls.as_ref().map(|t| upstream_tls(errs, &format!("{at}.tls"), t));
+    Backend {
+        endpoints,
+        kubernetes,
+        tls,
+    }
+}
+
+/// A variant's `tls:`. The CA file's contents are checked where it is loaded (the data plane
+/// builds its client from it), not here: this crate does no I/O.
+fn upstream_tls(errs: &mut Errors, at: &str, raw: &RawUpstreamTls) -> UpstreamTls {
+    if let Some(ca) = &raw.ca {
+        if ca.is_empty() || ca.contains('\0') || ca.contains('\n') {
+            errs.push(format!("{at}.ca"), format!("{ca:?} is not a file path"));
+        } else if !raw.verify {
+            errs.push(
+                format!("{at}.ca"),
+                "not used with verify: false, which checks no certificate; remove one of them",
+            );
+        }
+    }
+    let sni = raw.sni.as_ref().map(|name| {
+        let lower = name.to_ascii_lowercase();
+        if !dns_name(&lower) || lower.parse::<IpAddr>().is_ok() {
+            errs.push(
+                format!("{at}.sni"),
+                format!(
+                    "{name:?} is not a DNS name like api.internal (no IP, port, wildcard or scheme); \
+                     without sni an IP endpoint is verified against the certificate's IP subjectAltName"
+                ),
+            );
+        }
+        lower
+    });
+    UpstreamTls {
+        verify: raw.verify,
+        ca: raw.ca.as_ref().map(std::path::PathBuf::from),
+        sni,
+    }
 }
 
 fn kubernetes(errs: &mut Errors, raw: &RawKubernetes) -> Kubernetes {
@@ -894,6 +932,43 @@ mod tests {
         ] {
             assert!(host_pattern(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn upstream_tls_fields() {
+        let check = |yaml: &str| {
+            let text =
+                format!("routes:\n  - name: app\n    stable: {{ endpoints: [\"10.0.0.1:8443\"], tls: {yaml} }}\n");
+            crate::parse(&text)
+        };
+        let tls = |c: crate::Config| c.routes[0].stable.tls.clone().unwrap();
+        assert_eq!(
+            tls(check("{}").unwrap()),
+            UpstreamTls {
+                verify: true,
+                ca: None,
+                sni: None
+            },
+            "verify defaults to true"
+        );
+        let t = tls(check("{ ca: /etc/ca.pem, sni: API.Internal }").unwrap());
+        assert_eq!(t.ca.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
+        assert_eq!(t.sni.as_deref(), Some("api.internal"));
+        assert!(!tls(check("{ verify: false, sni: a.b }").unwrap()).verify);
+        for (bad, field) in [
+            ("{ sni: 10.0.0.1 }", "routes[0].stable.tls.sni"),
+            ("{ sni: \"*.example.com\" }", "routes[0].stable.tls.sni"),
+            ("{ sni: \"a.com:443\" }", "routes[0].stable.tls.sni"),
+            ("{ sni: \"\" }", "routes[0].stable.tls.sni"),
+            ("{ ca: \"\" }", "routes[0].stable.tls.ca"),
+            ("{ verify: false, ca: /etc/ca.pem }", "routes[0].stable.tls.ca"),
+        ] {
+            let errs = check(bad).unwrap_err().field_errors();
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+            assert_eq!(errs[0].path, field, "{bad}: {errs:?}");
+        }
+        let err = check("{ verfy: false }").unwrap_err().to_string();
+        assert!(err.contains("routes[0].stable.tls") && err.contains("verfy"), "{err}");
     }
 
     #[test]

@@ -61,10 +61,17 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
     Ok(Loaded { config, text })
 }
 
-/// Validates config text that came from `path`.
+/// Validates config text that came from `path`, and the files it names that the data plane
+/// reads as it builds routes (upstream `tls.ca`); a valid config warns about `verify: false`.
 pub fn parse(path: &Path, text: &str) -> Result<Config, LoadError> {
-    canary_config::parse(text).map_err(|source| LoadError::Invalid {
+    let invalid = |source| LoadError::Invalid {
         path: path.into(),
         source,
-    })
+    };
+    let config = canary_config::parse(text).map_err(invalid)?;
+    let errors = canary_proxy::upstream_tls::check_files(&config);
+    if !errors.is_empty() {
+        return Err(invalid(ConfigError::Invalid(errors)));
+    }
+    Ok(config)
 }

@@ -3,18 +3,28 @@
 use std::sync::Arc;
 
 use crate::endpoint::Endpoint;
+use crate::upstream_tls::UpstreamTls;
 
-/// The endpoints of one variant of one route.
+/// The endpoints of one variant of one route, and how they are spoken to.
 #[derive(Debug, Default)]
 pub(crate) struct EndpointSet {
     endpoints: Box<[Arc<Endpoint>]>,
+    /// The variant's HTTPS client; `None`: plain HTTP through the proxy's shared pool.
+    tls: Option<Arc<UpstreamTls>>,
 }
 
 impl EndpointSet {
-    pub(crate) fn new(endpoints: Vec<Arc<Endpoint>>) -> Self {
+    pub(crate) fn new(endpoints: Vec<Arc<Endpoint>>, tls: Option<Arc<UpstreamTls>>) -> Self {
         Self {
             endpoints: endpoints.into_boxed_slice(),
+            tls,
         }
+    }
+
+    /// The variant's HTTPS client, when it has `tls:`.
+    #[inline]
+    pub(crate) fn tls(&self) -> Option<&UpstreamTls> {
+        self.tls.as_deref()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -83,6 +93,7 @@ mod tests {
             (0..n)
                 .map(|i| Arc::new(Endpoint::new(&format!("127.0.0.1:{}", 1000 + i)).unwrap()))
                 .collect(),
+            None,
         )
     }
 

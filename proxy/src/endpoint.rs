@@ -14,6 +14,8 @@ use http::Uri;
 #[derive(Debug)]
 pub struct Endpoint {
     authority: Authority,
+    /// Reached over TLS (`https://`): the variant has `tls:`.
+    https: bool,
     in_flight: AtomicU32,
     consecutive_failures: AtomicU32,
     /// Milliseconds since [`epoch`] until which the endpoint is skipped; 0 = healthy.
@@ -23,8 +25,14 @@ pub struct Endpoint {
 impl Endpoint {
     /// A fresh, healthy endpoint. `authority` is already validated by the config crate.
     pub fn new(authority: &str) -> Result<Self, http::uri::InvalidUri> {
+        Self::with_scheme(authority, false)
+    }
+
+    /// A fresh endpoint reached over HTTPS when `https`.
+    pub(crate) fn with_scheme(authority: &str, https: bool) -> Result<Self, http::uri::InvalidUri> {
         Ok(Self {
             authority: authority.parse()?,
+            https,
             in_flight: AtomicU32::new(0),
             consecutive_failures: AtomicU32::new(0),
             down_until_ms: AtomicU64::new(0),
@@ -39,7 +47,7 @@ impl Endpoint {
     /// The upstream URI for a request path.
     pub(crate) fn uri(&self, path_and_query: Option<&http::uri::PathAndQuery>) -> Result<Uri, http::Error> {
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
+        parts.scheme = Some(if self.https { Scheme::HTTPS } else { Scheme::HTTP });
         parts.authority = Some(self.authority.clone());
         parts.path_and_query = Some(
             path_and_query

@@ -21,6 +21,8 @@ pub(crate) enum ProxyError {
     NoEndpoints { route: Box<str> },
     #[error("route {route}: {variant} endpoint unreachable")]
     Connect { route: Box<str>, variant: Variant },
+    #[error("route {route}: {variant} endpoint failed the TLS handshake")]
+    Tls { route: Box<str>, variant: Variant },
     #[error("route {route}: {variant} endpoint did not answer in time")]
     Timeout { route: Box<str>, variant: Variant },
     #[error("route {route}: {variant} endpoint broke the exchange")]
@@ -35,7 +37,9 @@ impl ProxyError {
             ProxyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect { .. } | ProxyError::Tls { .. } | ProxyError::Upstream { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }

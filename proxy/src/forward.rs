@@ -25,6 +25,7 @@ use crate::metrics::{ProxyMetrics, UpstreamErrorReason};
 use crate::route::Route;
 use crate::routing_table::{Settings, TableHandle};
 use crate::split::Variant;
+use crate::upstream_tls::{TlsHandshakeError, UpstreamTls};
 
 /// Body sent upstream: the client's stream (cut at the route's size limit), or nothing on
 /// a replayed attempt.
@@ -67,12 +68,33 @@ struct Outcome {
 /// How one upstream attempt failed.
 enum Failure {
     Connect,
+    /// TCP connected but the TLS handshake failed (certificate, name, protocol, timeout).
+    Tls,
     Timeout,
     Protocol,
     /// The client's body passed the route's limit while streaming.
     TooLarge,
     /// The client's body sent nothing for the idle timeout.
     BodyStalled,
+}
+
+/// The TCP connector of every upstream client (plain, and under TLS).
+pub(crate) fn http_connector(connect_timeout: Duration) -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector
+}
+
+/// An HTTP/1.1 client with a keep-alive pool over `connector`.
+pub(crate) fn pooled_client<C>(connector: C, idle_timeout: Duration) -> Client<C, UpstreamBody>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone,
+{
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(idle_timeout)
+        .build(connector)
 }
 
 /// The request's `Content-Length`, when there is exactly one valid one.
@@ -100,13 +122,7 @@ fn chain_has<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'stati
 impl Proxy {
     /// A proxy serving from `table` with one shared upstream pool.
     pub fn new(table: TableHandle, metrics: ProxyMetrics, pool: PoolOptions) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(pool.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(pool.idle_timeout)
-            .build(connector);
+        let client = pooled_client(http_connector(pool.connect_timeout), pool.idle_timeout);
         Self(Arc::new(Inner { table, client, metrics }))
     }
 
@@ -246,18 +262,24 @@ impl Proxy {
         let Some(first) = eps.pick(None) else {
             return no_endpoints(variant);
         };
+        let tls = eps.tls();
         let mut outcome = self
-            .exchange(first, parts, Either::Left(body), path.as_ref(), settings)
+            .exchange(first, tls, parts, Either::Left(body), path.as_ref(), settings)
             .await;
-        if let (Err(Failure::Connect), Some((method, headers))) = (&outcome, replay) {
-            route.metrics.upstream_error(variant, UpstreamErrorReason::Connect);
+        if let (Err(failure @ (Failure::Connect | Failure::Tls)), Some((method, headers))) = (&outcome, replay) {
+            let reason = if matches!(failure, Failure::Tls) {
+                UpstreamErrorReason::Tls
+            } else {
+                UpstreamErrorReason::Connect
+            };
+            route.metrics.upstream_error(variant, reason);
             if let Some(second) = eps.pick(Some(first)) {
                 let (mut parts, ()) = Request::new(()).into_parts();
                 parts.method = method;
                 parts.headers = headers;
                 parts.version = Version::HTTP_11;
                 outcome = self
-                    .exchange(second, parts, Either::Right(Empty::new()), path.as_ref(), settings)
+                    .exchange(second, tls, parts, Either::Right(Empty::new()), path.as_ref(), settings)
                     .await;
             }
         }
@@ -329,6 +351,7 @@ impl Proxy {
                         UpstreamErrorReason::Connect,
                         ProxyError::Connect { route: name, variant },
                     ),
+                    Failure::Tls => (UpstreamErrorReason::Tls, ProxyError::Tls { route: name, variant }),
                     Failure::Timeout => (
                         UpstreamErrorReason::Timeout,
                         ProxyError::Timeout { route: name, variant },
@@ -351,10 +374,12 @@ impl Proxy {
         (response, served)
     }
 
-    /// One attempt against one endpoint, up to the response headers.
+    /// One attempt against one endpoint (over TLS with the variant's client when it has
+    /// one), up to the response headers.
     async fn exchange(
         &self,
         endpoint: &Arc<Endpoint>,
+        tls: Option<&UpstreamTls>,
         mut parts: Parts,
         body: UpstreamBody,
         path: Option<&PathAndQuery>,
@@ -363,11 +388,20 @@ impl Proxy {
         let in_flight = endpoint.start();
         parts.uri = endpoint.uri(path).map_err(|_| Failure::Protocol)?;
         let request = Request::from_parts(parts, body);
-        match tokio::time::timeout(settings.response_header_timeout, self.0.client.request(request)).await {
+        let response = match tls {
+            None => self.0.client.request(request),
+            Some(tls) => tls.client().request(request),
+        };
+        match tokio::time::timeout(settings.response_header_timeout, response).await {
             Ok(Ok(resp)) => Ok((resp, in_flight)),
             Ok(Err(e)) if e.is_connect() => {
-                tracing::debug!(endpoint = %endpoint.authority(), error = %e, "upstream connect failed");
+                // An endpoint whose handshake fails is as unusable as one that refuses connections.
                 endpoint.record_connect_failure(settings.health_failures, settings.health_cooloff);
+                if tls.is_some() && chain_has::<TlsHandshakeError>(&e) {
+                    // Logged by the connector (a rate-limited warning says why).
+                    return Err(Failure::Tls);
+                }
+                tracing::debug!(endpoint = %endpoint.authority(), error = %e, "upstream connect failed");
                 Err(Failure::Connect)
             }
             Ok(Err(e)) if chain_has::<http_body_util::LengthLimitError>(&e) => Err(Failure::TooLarge),

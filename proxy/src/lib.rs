@@ -17,6 +17,7 @@ mod routing_table;
 mod server;
 pub mod split;
 pub mod tls;
+pub mod upstream_tls;
 pub mod window;
 
 pub use endpoint::Endpoint;

@@ -19,10 +19,12 @@ pub(crate) enum UpstreamErrorReason {
     Timeout = 1,
     /// The connection broke or the response was malformed.
     Protocol = 2,
+    /// The TLS handshake with an HTTPS upstream failed (certificate, name, version, timeout).
+    Tls = 3,
 }
 
 impl UpstreamErrorReason {
-    const ALL: [&'static str; 3] = ["connect", "timeout", "protocol"];
+    const ALL: [&'static str; 4] = ["connect", "timeout", "protocol", "tls"];
 }
 
 /// The data plane's metric families.
@@ -140,7 +142,7 @@ pub(crate) struct RouteMetrics {
 #[derive(Debug)]
 struct VariantMetrics {
     responses: [IntCounter; 5],
-    upstream_errors: [IntCounter; 3],
+    upstream_errors: [IntCounter; 4],
     fallbacks: IntCounter,
     duration: Histogram,
 }

@@ -11,7 +11,13 @@ use crate::balancer::EndpointSet;
 use crate::endpoint::Endpoint;
 use crate::metrics::ProxyMetrics;
 use crate::route::Route;
+use crate::upstream_tls::{ClientKey, TlsClients, UpstreamTls};
 use crate::window::Window;
+
+/// Endpoints are shared by every variant that reaches the same address the same way: plain,
+/// or over TLS with the same settings (so health seen over one TLS setting is not blamed on
+/// another, nor on plain HTTP to that address).
+type EndpointKey = (Box<str>, Option<canary_config::UpstreamTls>);
 
 /// Settings the request path needs, carried in the snapshot so a reload changes them atomically.
 #[derive(Debug, Clone, Copy)]
@@ -99,7 +105,9 @@ pub struct RoutingTable {
     wildcard: HashMap<Box<str>, PrefixList>,
     any_host: PrefixList,
     routes: Vec<Arc<Route>>,
-    endpoints: HashMap<Box<str>, Arc<Endpoint>>,
+    endpoints: HashMap<EndpointKey, Arc<Endpoint>>,
+    /// HTTPS clients of the variants with `tls:`, handed on to the next table.
+    tls_clients: HashMap<ClientKey, Arc<UpstreamTls>>,
     trusted_proxies: Box<[ipnet::IpNet]>,
     settings: Settings,
 }
@@ -117,33 +125,50 @@ pub enum BuildError {
         #[source]
         source: http::uri::InvalidUri,
     },
+    /// A variant's `tls:` could not be set up (its CA file went missing since the config was checked).
+    #[error("route {route}: {variant}.tls: {message}")]
+    UpstreamTls {
+        /// Route name.
+        route: String,
+        /// `stable` or `canary`.
+        variant: &'static str,
+        /// Why.
+        message: String,
+    },
 }
 
 impl RoutingTable {
     /// Builds a table; `live` gives each route's weight and salt; endpoints also present
-    /// in `previous` keep their live state.
+    /// in `previous` keep their live state, and variants' TLS clients their pools.
     pub fn build(
         config: &Config,
         live: impl Fn(&canary_config::Route) -> LiveRoute,
         previous: Option<&RoutingTable>,
         metrics: &ProxyMetrics,
     ) -> Result<Self, BuildError> {
-        let mut endpoints: HashMap<Box<str>, Arc<Endpoint>> = HashMap::new();
-        let mut endpoint = |route: &str, authority: &str| -> Result<Arc<Endpoint>, BuildError> {
-            if let Some(e) = endpoints.get(authority) {
+        let mut endpoints: HashMap<EndpointKey, Arc<Endpoint>> = HashMap::new();
+        let mut endpoint = |route: &str,
+                            authority: &str,
+                            tls: Option<&canary_config::UpstreamTls>|
+         -> Result<Arc<Endpoint>, BuildError> {
+            let key: EndpointKey = (authority.into(), tls.cloned());
+            if let Some(e) = endpoints.get(&key) {
                 return Ok(e.clone());
             }
-            let e = match previous.and_then(|p| p.endpoints.get(authority)) {
+            let e = match previous.and_then(|p| p.endpoints.get(&key)) {
                 Some(e) => e.clone(),
-                None => Arc::new(Endpoint::new(authority).map_err(|source| BuildError::Endpoint {
-                    route: route.to_string(),
-                    endpoint: authority.to_string(),
-                    source,
+                None => Arc::new(Endpoint::with_scheme(authority, tls.is_some()).map_err(|source| {
+                    BuildError::Endpoint {
+                        route: route.to_string(),
+                        endpoint: authority.to_string(),
+                        source,
+                    }
                 })?),
             };
-            endpoints.insert(authority.into(), e.clone());
+            endpoints.insert(key, e.clone());
             Ok(e)
         };
+        let mut tls_clients = TlsClients::new(previous.map(|p| &p.tls_clients));
 
         let mut table = RoutingTable {
             exact: HashMap::new(),
@@ -151,6 +176,7 @@ impl RoutingTable {
             any_host: PrefixList::default(),
             routes: Vec::with_capacity(config.routes.len()),
             endpoints: HashMap::new(),
+            tls_clients: HashMap::new(),
             trusted_proxies: config.trusted_proxies.clone().into_boxed_slice(),
             settings: Settings {
                 response_header_timeout: config.timeouts.response_header,
@@ -161,13 +187,25 @@ impl RoutingTable {
             },
         };
         for r in &config.routes {
-            let mut set = |b: &canary_config::Backend| -> Result<EndpointSet, BuildError> {
+            let mut set = |b: &canary_config::Backend, variant: &'static str| -> Result<EndpointSet, BuildError> {
+                let tls = match &b.tls {
+                    None => None,
+                    Some(t) => Some(
+                        tls_clients
+                            .get(t, config.timeouts.connect, config.timeouts.upstream_idle)
+                            .map_err(|message| BuildError::UpstreamTls {
+                                route: r.name.clone(),
+                                variant,
+                                message,
+                            })?,
+                    ),
+                };
                 let eps = b
                     .endpoints
                     .iter()
-                    .map(|e| endpoint(&r.name, e.authority()))
+                    .map(|e| endpoint(&r.name, e.authority(), b.tls.as_ref()))
                     .collect::<Result<_, _>>()?;
-                Ok(EndpointSet::new(eps))
+                Ok(EndpointSet::new(eps, tls))
             };
             let state = live(r);
             let route = Arc::new(Route {
@@ -189,7 +227,7 @@ impl RoutingTable {
                     http::HeaderValue::from_str(&format!("max-age={}{sub}", h.max_age.as_secs()))
                         .expect("digits and ASCII make a header value")
                 }),
-                variants: [set(&r.stable)?, set(&r.canary)?],
+                variants: [set(&r.stable, "stable")?, set(&r.canary, "canary")?],
                 metrics: metrics.for_route(&r.name),
                 windows: windows_for(r, previous),
             });
@@ -208,6 +246,7 @@ impl RoutingTable {
             table.routes.push(route);
         }
         table.endpoints = endpoints;
+        table.tls_clients = tls_clients.built;
         table.any_host.sort();
         table
             .exact

@@ -4,6 +4,7 @@
 //! `x-backend: NAME` and the body `NAME`. Special paths:
 //! `/echo-body` answers with the byte count of the request body (streamed, not buffered),
 //! `/bytes/N` streams N bytes in 64 KiB chunks, `/sleep/MS` waits before answering.
+//! `start_tls(server_config)` serves the same over TLS (HTTP/1.1 and h2 by the config's ALPN).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -29,6 +30,17 @@ pub struct Recorded {
     pub headers: HeaderMap,
     /// HTTP version.
     pub version: http::Version,
+    /// The TLS connection it came on, for a backend started with [`Backend::start_tls`].
+    pub tls: Option<TlsSeen>,
+}
+
+/// What a TLS backend saw of the client's handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSeen {
+    /// The server name the client sent (SNI); none for an IP address.
+    pub sni: Option<String>,
+    /// The ALPN protocol agreed, e.g. `http/1.1`.
+    pub alpn: Option<String>,
 }
 
 /// Builder of a test backend.
@@ -141,6 +153,17 @@ impl Backend {
     /// Binds `addr` (say 127.0.0.2:PORT, to play a Pod: Pods of one Service share a port) and
     /// serves until dropped.
     pub async fn start_on(self, addr: std::net::SocketAddr) -> BackendHandle {
+        self.serve(addr, None).await
+    }
+
+    /// Binds 127.0.0.1:0 and serves HTTPS with `config` until dropped. Handshakes that fail
+    /// are dropped quietly (a client that refuses the certificate is what some tests want).
+    pub async fn start_tls(self, config: Arc<rustls::ServerConfig>) -> BackendHandle {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        self.serve("127.0.0.1:0".parse().unwrap(), Some(acceptor)).await
+    }
+
+    async fn serve(self, addr: std::net::SocketAddr, tls: Option<tokio_rustls::TlsAcceptor>) -> BackendHandle {
         let listener = TcpListener::bind(addr).await.expect("bind backend");
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -155,15 +178,35 @@ impl Backend {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (this, rec) = (this.clone(), rec.clone());
+                let (this, rec, tls) = (this.clone(), rec.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let (this, rec) = (this.clone(), rec.clone());
-                        async move { Ok::<_, Infallible>(this.0.respond(req, &rec, &this.1).await) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .await;
+                    let service = |seen: Option<TlsSeen>| {
+                        hyper::service::service_fn(move |req| {
+                            let (this, rec, seen) = (this.clone(), rec.clone(), seen.clone());
+                            async move { Ok::<_, Infallible>(this.0.respond(req, &rec, &this.1, seen).await) }
+                        })
+                    };
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service(None))
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let conn = stream.get_ref().1;
+                            let seen = TlsSeen {
+                                sni: conn.server_name().map(str::to_owned),
+                                alpn: conn.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()),
+                            };
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service(Some(seen)))
+                                .await;
+                        }
+                    }
                 });
             }
         });
@@ -175,13 +218,20 @@ impl Backend {
         }
     }
 
-    async fn respond(&self, req: Request<Incoming>, rec: &Mutex<Vec<Recorded>>, live: &Live) -> Response<Body> {
+    async fn respond(
+        &self,
+        req: Request<Incoming>,
+        rec: &Mutex<Vec<Recorded>>,
+        live: &Live,
+        tls: Option<TlsSeen>,
+    ) -> Response<Body> {
         let target = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
         rec.lock().unwrap().push(Recorded {
             method: req.method().clone(),
             target: target.clone(),
             headers: req.headers().clone(),
             version: req.version(),
+            tls,
         });
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;

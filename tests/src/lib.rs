@@ -8,7 +8,7 @@ pub mod cluster;
 pub mod kube_api;
 pub mod rbac;
 
-pub use backend::{Backend, BackendHandle, Recorded};
+pub use backend::{Backend, BackendHandle, Recorded, TlsSeen};
 pub use canaryd::Canaryd;
 pub use client::{admin_call, Client, Reply};
 
