@@ -29,6 +29,9 @@ if ! python3 -c "import openapi_spec_validator" 2>/dev/null; then
 fi
 # Kubernetes YAML (CRD, RBAC, examples) is validated against the real API schemas.
 command -v kubernetes-validate >/dev/null || python3 -m pip install -q kubernetes-validate
+# The Helm chart is rendered by Helm's own engine (helm-python-sdk: Helm's Go SDK as a library,
+# no helm binary) and its values checked with jsonschema (tests/helm/chart.py, run by tests/e2e/helm.rs).
+python3 -c "import helm_python, jsonschema" 2>/dev/null || python3 -m pip install -q "helm-python-sdk==0.2.2" jsonschema
 
 echo "== kubernetes-validate (CRD, RBAC, examples)"
 kubernetes-validate --strict --quiet deploy/crds/*.yaml deploy/*.yaml examples/kubernetes/*.yaml
