@@ -56,6 +56,9 @@ pub struct Limits {
     pub h2_max_concurrent_streams: u32,
     /// Bytes of an HTTP/2 header list.
     pub h2_max_header_list_bytes: u32,
+    /// Requests a client may cancel on one connection while they outnumber its completed
+    /// ones; past it the connection gets GOAWAY and is closed (0: no limit).
+    pub h2_max_cancelled_streams: u32,
 }
 
 /// TLS termination settings.

@@ -83,6 +83,7 @@ pub(crate) struct RawLimits {
     pub max_body_bytes: u64,
     pub h2_max_concurrent_streams: u32,
     pub h2_max_header_list_bytes: u32,
+    pub h2_max_cancelled_streams: u32,
 }
 
 impl Default for RawLimits {
@@ -94,6 +95,7 @@ impl Default for RawLimits {
             max_body_bytes: 0,
             h2_max_concurrent_streams: 100,
             h2_max_header_list_bytes: 32 * 1024,
+            h2_max_cancelled_streams: 100,
         }
     }
 }

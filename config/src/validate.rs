@@ -138,6 +138,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         max_body_bytes: l.max_body_bytes,
         h2_max_concurrent_streams: l.h2_max_concurrent_streams,
         h2_max_header_list_bytes: l.h2_max_header_list_bytes,
+        h2_max_cancelled_streams: l.h2_max_cancelled_streams,
     };
     for (field, ok) in [
         ("max_connections", limits.max_connections >= 1),

@@ -107,19 +107,24 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     registry
         .register(Box::new(shed.clone()))
         .context("registering listener metrics")?;
-    let l = &config.limits;
+    let cut = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "canaryd_connections_cut_total",
+            "Connections sent GOAWAY and closed for cancelling more requests than limits.h2_max_cancelled_streams allows (HTTP/2 rapid reset).",
+        ),
+        &["listener"],
+    )?;
+    registry
+        .register(Box::new(cut.clone()))
+        .context("registering listener metrics")?;
     let serve_opts = ServeOptions {
-        header_read_timeout: config.timeouts.idle,
-        drain: config.timeouts.drain,
-        max_connections: l.max_connections,
-        max_header_count: l.max_header_count,
-        max_header_bytes: l.max_header_bytes,
-        h2_max_concurrent_streams: l.h2_max_concurrent_streams,
-        h2_max_header_list_bytes: l.h2_max_header_list_bytes,
         shed: Some(shed.with_label_values(&["http"])),
+        cut: Some(cut.with_label_values(&["http"])),
+        ..ServeOptions::public(&config)
     };
     let https_opts = ServeOptions {
         shed: Some(shed.with_label_values(&["https"])),
+        cut: Some(cut.with_label_values(&["https"])),
         ..serve_opts.clone()
     };
     // The admin listener has its own connection budget, so a flood of the public port leaves it answering.

@@ -522,17 +522,7 @@ routes:
             idle_timeout: config.timeouts.upstream_idle,
         },
     );
-    let l = &config.limits;
-    let opts = canary_proxy::ServeOptions {
-        header_read_timeout: config.timeouts.idle,
-        drain: config.timeouts.drain,
-        max_connections: l.max_connections,
-        max_header_count: l.max_header_count,
-        max_header_bytes: l.max_header_bytes,
-        h2_max_concurrent_streams: l.h2_max_concurrent_streams,
-        h2_max_header_list_bytes: l.h2_max_header_list_bytes,
-        shed: None,
-    };
+    let opts = canary_proxy::ServeOptions::public(&config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
     let addr = listener.local_addr().expect("proxy addr");
     tokio::spawn(canary_proxy::serve(

@@ -7,6 +7,7 @@
 mod affinity;
 mod balancer;
 mod body;
+mod cancel_budget;
 mod endpoint;
 mod error;
 mod forward;

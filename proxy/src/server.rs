@@ -12,9 +12,15 @@ use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown};
 use prometheus::{IntCounterVec, Opts, Registry};
 use tokio::net::TcpListener;
+
+use crate::cancel_budget::CancelBudget;
+
+/// How long a connection told to go away for spending its cancellation budget may take to
+/// finish what it has before it is dropped.
+const CUT_GRACE: Duration = Duration::from_secs(1);
 
 /// Connection-level settings of a listener.
 #[derive(Debug, Clone)]
@@ -33,11 +39,34 @@ pub struct ServeOptions {
     pub h2_max_concurrent_streams: u32,
     /// HTTP/2 header list bytes.
     pub h2_max_header_list_bytes: u32,
+    /// Requests a client may cancel on one connection, while they outnumber its completed
+    /// ones, before the connection is sent GOAWAY and closed (0: no limit).
+    pub h2_max_cancelled_streams: u32,
     /// Counts connections closed because of `max_connections`.
     pub shed: Option<prometheus::IntCounter>,
+    /// Counts connections cut for spending their cancellation budget.
+    pub cut: Option<prometheus::IntCounter>,
 }
 
 impl ServeOptions {
+    /// The settings of a public listener from the config's `limits` and `timeouts`
+    /// (no metrics attached).
+    pub fn public(config: &canary_config::Config) -> Self {
+        let l = &config.limits;
+        Self {
+            header_read_timeout: config.timeouts.idle,
+            drain: config.timeouts.drain,
+            max_connections: l.max_connections,
+            max_header_count: l.max_header_count,
+            max_header_bytes: l.max_header_bytes,
+            h2_max_concurrent_streams: l.h2_max_concurrent_streams,
+            h2_max_header_list_bytes: l.h2_max_header_list_bytes,
+            h2_max_cancelled_streams: l.h2_max_cancelled_streams,
+            shed: None,
+            cut: None,
+        }
+    }
+
     /// Defaults for an internal listener (admin, demo backends).
     pub fn internal(drain: Duration) -> Self {
         Self {
@@ -48,7 +77,9 @@ impl ServeOptions {
             max_header_bytes: 64 * 1024,
             h2_max_concurrent_streams: 100,
             h2_max_header_list_bytes: 64 * 1024,
+            h2_max_cancelled_streams: 100,
             shed: None,
+            cut: None,
         }
     }
 }
@@ -172,16 +203,24 @@ pub async fn serve<M, S, B>(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "TCP_NODELAY not set");
         }
-        let service = make_service(peer);
-        let watcher = graceful.watcher();
+        let budget = CancelBudget::new(opts.h2_max_cancelled_streams);
+        let service = budget.wrap(make_service(peer));
+        // Held until the connection ends, so the drain below waits for it.
+        let drain_token = graceful.watcher();
         let builder = builder.clone();
         let tls = tls.clone();
         let first_byte_timeout = opts.header_read_timeout;
+        let cut = opts.cut.clone();
         let mut closing = closing_rx.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let closing = async move {
+            let _drain_token = drain_token;
+            let mut before_first_request = closing.clone();
+            let before_first_request = async move {
                 // An error means serve() is gone, which also means closing.
+                let _gone = before_first_request.wait_for(|c| *c).await;
+            };
+            let closing = async move {
                 let _gone = closing.wait_for(|c| *c).await;
             };
             let result = match tls {
@@ -194,20 +233,15 @@ pub async fn serve<M, S, B>(
                             Ok(Ok(n)) if n > 0 => {}
                             _ => return,
                         },
-                        () = closing => return,
+                        () = before_first_request => return,
                     }
-                    watcher
-                        .watch(
-                            builder
-                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                                .into_owned(),
-                        )
-                        .await
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    drive(conn.into_owned(), closing, &budget, cut, peer).await
                 }
                 Some(tls) => {
                     let handshake = tokio::select! {
                         h = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)) => h,
-                        () = closing => return,
+                        () = before_first_request => return,
                     };
                     let stream = match handshake {
                         Ok(Ok(s)) => {
@@ -224,13 +258,8 @@ pub async fn serve<M, S, B>(
                             return;
                         }
                     };
-                    watcher
-                        .watch(
-                            builder
-                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                                .into_owned(),
-                        )
-                        .await
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    drive(conn.into_owned(), closing, &budget, cut, peer).await
                 }
             };
             if let Err(e) = result {
@@ -243,5 +272,37 @@ pub async fn serve<M, S, B>(
     tracing::info!(drain = ?opts.drain, "listener closed, draining in-flight requests");
     if tokio::time::timeout(opts.drain, graceful.shutdown()).await.is_err() {
         tracing::warn!("drain timeout reached with requests still in flight");
+    }
+}
+
+/// Runs one connection to its end: at shutdown it is closed gracefully (in-flight requests
+/// finish, bounded by the drain in `serve`); when it spends its cancellation budget it is
+/// sent GOAWAY and dropped after [`CUT_GRACE`].
+async fn drive<C>(
+    conn: C,
+    closing: impl Future<Output = ()>,
+    budget: &CancelBudget,
+    cut: Option<prometheus::IntCounter>,
+    peer: SocketAddr,
+) -> Result<(), C::Error>
+where
+    C: GracefulConnection,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => result,
+        () = closing => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        () = budget.exhausted() => {
+            if let Some(c) = &cut {
+                c.inc();
+            }
+            tracing::info!(%peer, "connection cancelled too many requests (HTTP/2 rapid reset?): closing it");
+            conn.as_mut().graceful_shutdown();
+            // Past the grace period the connection is dropped with whatever it still holds.
+            tokio::time::timeout(CUT_GRACE, conn).await.unwrap_or(Ok(()))
+        }
     }
 }

@@ -1280,10 +1280,10 @@ async fn h2_rapid_reset_is_cut_off_and_others_keep_being_served() {
 }
 
 /// The variant of Rapid Reset that the "pending accept" counter of the h2 crate does not
-/// see: each round's streams are opened, left long enough to be accepted (so the proxy
-/// starts an upstream request for each), then reset. A server doing that work for every
-/// cancelled stream forever can be kept busy at no cost to the attacker; it must cut such
-/// a connection off.
+/// see: each round's streams are opened, left until the backend has them (so they were
+/// accepted and forwarded), then reset. A server doing that work for every cancelled
+/// stream forever can be kept busy at no cost to the attacker; canaryd's cancellation
+/// budget (limits.h2_max_cancelled_streams, 100) must cut such a connection off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_paced_rapid_reset_is_cut_off() {
     // A slow backend, so every stream is still in flight upstream when it is reset.
@@ -1293,9 +1293,10 @@ async fn h2_paced_rapid_reset_is_cut_off() {
     let (r, mut w) = s.into_split();
     let started = Instant::now();
     let (seen, reader) = h2f::spawn_reader(r, started);
-    let (max_streams, per_round, budget) = (4_000u32, 50u32, Duration::from_secs(6));
+    let (max_streams, per_round, budget) = (4_000u32, 50u32, Duration::from_secs(10));
     let mut sent = 0u32;
     let mut write_failed = false;
+    let mut not_forwarded = 0u32;
     while sent < max_streams && started.elapsed() < budget && !seen.lock().unwrap().cut() {
         let ids: Vec<u32> = (sent..sent + per_round).map(|n| 1 + 2 * n).collect();
         let opens: Vec<u8> = ids
@@ -1307,8 +1308,14 @@ async fn h2_paced_rapid_reset_is_cut_off() {
             write_failed = true;
             break;
         }
-        // Long enough for the proxy to accept the streams and send them upstream.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Reset only once the backend has the round: accepted, forwarded, still in flight.
+        let round_seen = Instant::now() + Duration::from_secs(1);
+        while backend.count() < (sent + per_round) as usize && Instant::now() < round_seen {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if backend.count() < (sent + per_round) as usize {
+            not_forwarded += 1;
+        }
         if w.write_all(&resets).await.is_err() {
             write_failed = true;
             break;
@@ -1316,7 +1323,7 @@ async fn h2_paced_rapid_reset_is_cut_off() {
         sent += per_round;
     }
     let sent_in = started.elapsed();
-    let settle = Instant::now() + Duration::from_secs(1);
+    let settle = Instant::now() + Duration::from_secs(2);
     while !seen.lock().unwrap().cut() && Instant::now() < settle {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -1328,7 +1335,8 @@ async fn h2_paced_rapid_reset_is_cut_off() {
         .filter(|t| t.starts_with("GET /rr/"))
         .count();
     eprintln!(
-        "paced rapid reset: {sent} streams opened and reset in {sent_in:?} (write failed: {write_failed}); \
+        "paced rapid reset: {sent} streams opened, forwarded and reset in {sent_in:?} \
+         (rounds not fully forwarded within 1 s: {not_forwarded}; write failed: {write_failed}); \
          server: {seen:?}; {at_backend} reached the backend"
     );
     let serving = still_serving(&proxy).await;
@@ -1337,9 +1345,61 @@ async fn h2_paced_rapid_reset_is_cut_off() {
         seen.cut() || write_failed,
         "the connection was neither closed nor sent GOAWAY after {sent} opened-then-reset streams"
     );
+    // The budget trips at the 100th cancellation; one more round may be in flight by then.
     assert!(
-        at_backend <= 1000,
+        at_backend <= 200,
         "{at_backend} cancelled streams were forwarded to the backend"
+    );
+    assert_eq!(
+        proxy.metric("canaryd_connections_cut_total{listener=\"http\"}").await,
+        1.0,
+        "the cut connection is counted"
+    );
+}
+
+/// A client that cancels fewer requests than the budget keeps its connection: the next
+/// request on it is answered and no GOAWAY is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_cancellations_under_the_budget_keep_the_connection() {
+    let backend = Backend::new("app").delay(Duration::from_millis(300)).start().await;
+    let proxy = Canaryd::start(&Canaryd::config(&app_route(&backend.endpoint())));
+    let (s, _) = h2f::handshake(proxy.addr).await;
+    let (r, mut w) = s.into_split();
+    let (seen, reader) = h2f::spawn_reader(r, Instant::now());
+    let ids: Vec<u32> = (0..90).map(|n| 1 + 2 * n).collect();
+    let opens: Vec<u8> = ids
+        .iter()
+        .flat_map(|&id| h2f::get(id, "app", &format!("/c/{id}")))
+        .collect();
+    w.write_all(&opens).await.unwrap();
+    let forwarded = Instant::now() + Duration::from_secs(5);
+    while backend.count() < ids.len() && Instant::now() < forwarded {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        backend.count(),
+        ids.len(),
+        "every stream reached the backend before its reset"
+    );
+    let resets: Vec<u8> = ids.iter().flat_map(|&id| h2f::rst(id, h2f::CANCEL)).collect();
+    w.write_all(&resets).await.unwrap();
+    w.write_all(&h2f::get(1 + 2 * 90, "app", "/after")).await.unwrap();
+    let answered = Instant::now() + Duration::from_secs(5);
+    while seen.lock().unwrap().headers == 0 && Instant::now() < answered {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Time the server would take to react to a spent budget.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    reader.abort();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert_eq!(
+        seen.headers, 1,
+        "the request after 90 cancellations is answered: {seen:?}"
+    );
+    assert!(!seen.cut(), "a connection under the budget was cut: {seen:?}");
+    assert_eq!(
+        proxy.metric("canaryd_connections_cut_total{listener=\"http\"}").await,
+        0.0
     );
 }
 

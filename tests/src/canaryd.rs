@@ -26,7 +26,9 @@ pub fn bin_dir() -> PathBuf {
         let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
         let release = dir.file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-q", "-p", "canary-control", "--bins"]);
+        // With canary-tests in the selection the features match `cargo test -p canary-tests`,
+        // so this build does not undo that one (and the other way round).
+        cmd.args(["build", "-q", "-p", "canary-control", "-p", "canary-tests", "--bins"]);
         if release {
             cmd.arg("--release");
         }
