@@ -17,6 +17,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use canary_control::kubernetes::api_calls::Scope;
 use canary_tests::kube_api::{self, KubeApi};
 use canary_tests::{admin_call, Backend, Canaryd, Client};
 use serde::Deserialize;
@@ -292,7 +293,7 @@ fn chart_rbac_is_exactly_deploy_rbac() {
         }
 
         // TLS Secrets read from the API are granted by name, a Role per namespace, as
-        // deploy/rbac.yaml describes: get, list and watch of exactly those names.
+        // deploy/rbac.yaml describes: list and watch of exactly those names.
         let https = &c.values["https"];
         let mut wanted: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
         if https["enabled"] == true {
@@ -316,9 +317,12 @@ fn chart_rbac_is_exactly_deploy_rbac() {
                 .iter()
                 .find(|r| r["metadata"]["namespace"] == ns.as_str())
                 .unwrap_or_else(|| panic!("{}: no TLS Role in {ns}", c.name));
+            // The verbs are those the code uses on Secrets, from the one list of API calls.
+            let secrets = canary_control::kubernetes::api_calls::find("", "secrets", "watch").unwrap();
+            assert_eq!(secrets.scope, Scope::NamedObjects);
             assert_eq!(
                 r["rules"],
-                json!([{"apiGroups": [""], "resources": ["secrets"], "resourceNames": names, "verbs": ["get", "list", "watch"]}]),
+                json!([{"apiGroups": [""], "resources": ["secrets"], "resourceNames": names, "verbs": secrets.verbs}]),
                 "{}: TLS Role in {ns}",
                 c.name
             );
@@ -1033,6 +1037,12 @@ async fn default_install_serves_in_kubernetes_mode_with_the_charts_rbac() {
         refused.is_empty(),
         "the chart's RBAC does not allow:\n{}",
         refused.join("\n")
+    );
+    let unlisted = canary_tests::rbac::unlisted(&requests, &c.namespace);
+    assert!(
+        unlisted.is_empty(),
+        "requests not in API_CALLS (control/src/kubernetes/api_calls.rs):\n{}",
+        unlisted.join("\n")
     );
 }
 

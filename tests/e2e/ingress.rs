@@ -159,6 +159,17 @@ async fn wait_canary_share(s: &Setup, canary: bool, timeout: Duration) -> Durati
     }
 }
 
+/// Every request canaryd made is a call of `API_CALLS` (control/src/kubernetes/api_calls.rs),
+/// which deploy/rbac.yaml grants exactly.
+fn assert_requests_listed(api: &KubeApi) {
+    let unlisted = canary_tests::rbac::unlisted(&api.requests(), NS);
+    assert!(
+        unlisted.is_empty(),
+        "requests not in API_CALLS:\n{}",
+        unlisted.join("\n")
+    );
+}
+
 async fn route_status(proxy: &Canaryd) -> Value {
     let (status, _, body) = admin_call(proxy.admin, "GET", &format!("/api/v1/routes/{ROUTE}"), &[], "").await;
     assert_eq!(status, 200, "{body}");
@@ -248,6 +259,7 @@ async fn canary_ingress_annotations_split_override_and_follow_the_cluster() {
     assert_eq!(failed, 0, "requests failed while the canary Ingress went away");
     assert!(sent > 100, "the load ran ({sent})");
     assert_eq!(route_status(proxy).await["weight"], json!(0.0));
+    assert_requests_listed(&s.api);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -336,4 +348,5 @@ async fn ingress_status_ownership_and_other_classes() {
         None,
         "canaryd wrote the status of nginx's Ingress"
     );
+    assert_requests_listed(&s.api);
 }

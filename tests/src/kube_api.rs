@@ -10,7 +10,8 @@
 //! apply patches, status subresources, finalizers and delete behave like a real
 //! kube-apiserver as far as kube-rs can tell. Tests seed and inspect the state directly
 //! ([`KubeApi::apply`], [`KubeApi::get`], [`KubeApi::list`], [`KubeApi::set_status`]),
-//! break watches ([`KubeApi::drop_watches`], [`KubeApi::compact`]) and inject faults.
+//! break watches ([`KubeApi::drop_watches`], [`KubeApi::compact`]), inject faults
+//! ([`KubeApi::fail_writes`]) and lose write races to a rival writer ([`KubeApi::race_writes`]).
 //!
 //! Not modelled: authentication and authorization (any token is accepted), admission and
 //! schema validation, `dryRun`, strategic-merge list semantics (treated as a JSON merge
@@ -137,6 +138,19 @@ struct Fault {
     code: u16,
 }
 
+/// A rival writer that wins the race against the next `remaining` matching writes: just
+/// before such a write is handled, `rival` rewrites the stored object's `status` (a new
+/// resourceVersion, as another replica's write makes), so a write carrying the
+/// resourceVersion it read gets the server's own 409 Conflict.
+struct Race {
+    path_contains: String,
+    remaining: usize,
+    /// (API version, kind, namespace, name) of the object the rival writes.
+    object: (String, String, String, String),
+    /// The old status → the rival's status.
+    rival: Box<dyn FnMut(Value) -> Value + Send>,
+}
+
 /// A Kubernetes `Status` failure, as an error of an operation.
 #[derive(Debug, Clone)]
 struct ApiError {
@@ -246,6 +260,7 @@ struct Store {
     uninstalled: BTreeSet<String>,
     requests: Vec<(String, String)>,
     faults: Vec<Fault>,
+    races: Vec<Race>,
     /// Carries the current resourceVersion to wake watches.
     changed: watch::Sender<u64>,
 }
@@ -289,6 +304,7 @@ impl Store {
             uninstalled: BTreeSet::new(),
             requests: Vec::new(),
             faults: Vec::new(),
+            races: Vec::new(),
             changed: watch::channel(1).0,
         }
     }
@@ -604,6 +620,35 @@ impl Store {
             Some(m) => m.iter().filter(|(_, o)| filter.matches(o)).collect(),
             None => Vec::new(),
         }
+    }
+
+    /// Makes the rival write of the first race matching this write, if any.
+    fn run_race(&mut self, method: &Method, target: &str) {
+        if method == Method::GET {
+            return;
+        }
+        let Some(i) = self
+            .races
+            .iter()
+            .position(|r| r.remaining > 0 && target.contains(&r.path_contains))
+        else {
+            return;
+        };
+        let race = &mut self.races[i];
+        race.remaining -= 1;
+        let (api_version, kind, ns, name) = race.object.clone();
+        let (res, _) = self.resolve(&api_version, &kind, !ns.is_empty());
+        let key = (ns, name);
+        let old = self
+            .object(&res, &key)
+            .and_then(|o| o.get("status").cloned())
+            .unwrap_or(Value::Null);
+        let status = (self.races[i].rival)(old);
+        if self.races[i].remaining == 0 {
+            self.races.remove(i);
+        }
+        self.update(&res, &key, json!({ "status": status }), UpdateMode::Status)
+            .expect("the raced object exists");
     }
 
     /// Takes one use of the first fault matching the request.
@@ -1220,7 +1265,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ApiBody
     let fault = {
         let mut store = shared.lock();
         store.requests.push((method.to_string(), target.clone()));
-        store.take_fault(&method, &target)
+        let fault = store.take_fault(&method, &target);
+        if fault.is_none() {
+            store.run_race(&method, &target);
+        }
+        fault
     };
     if let Some(e) = fault {
         return error_response(&e);
@@ -1936,6 +1985,27 @@ impl KubeApi {
             code,
         };
         self.shared.lock().faults.push(fault);
+    }
+
+    /// The next `times` writes whose path and query contain `path_contains` lose a race:
+    /// just before each is handled, the status of the object `api_version`/`kind`
+    /// `namespace`/`name` becomes `rival(old status)`, as if another replica had written it
+    /// first, so a write at the resourceVersion read before gets a real 409 Conflict (and a
+    /// retry that reads again sees the rival's status).
+    pub fn race_writes(
+        &self,
+        path_contains: &str,
+        times: usize,
+        (api_version, kind, namespace, name): (&str, &str, &str, &str),
+        rival: impl FnMut(Value) -> Value + Send + 'static,
+    ) {
+        let race = Race {
+            path_contains: path_contains.to_string(),
+            remaining: times,
+            object: (api_version.into(), kind.into(), namespace.into(), name.into()),
+            rival: Box::new(rival),
+        };
+        self.shared.lock().races.push(race);
     }
 
     /// The next `times` requests with this method (e.g. "GET" for lists and watches) whose

@@ -1,8 +1,12 @@
 //! Checks the requests a client made to the test API server against RBAC rules (a
 //! ClusterRole, and Roles in their namespace, from a YAML file), as the real API server's
 //! authorizer would: a request is allowed when some rule names its API group, resource
-//! (with `/subresource`) and verb.
+//! (with `/subresource`) and verb. Also checks them against canaryd's list of the API calls
+//! it makes (`API_CALLS`, which the RBAC grants exactly): every request must be a listed
+//! call, and every listed call must be made by some test, or the list (and the RBAC) grants
+//! more than the code uses.
 
+use canary_control::kubernetes::api_calls::{ApiCall, Scope, API_CALLS};
 use serde_json::Value;
 
 /// One rule: groups, resources and verbs it allows, in `namespace` only for a Role.
@@ -136,6 +140,57 @@ pub fn violations(log: &[(String, String)], rbac_yaml: &str, role_namespace: &st
         }
     }
     refused
+}
+
+/// The `API_CALLS` entry a request is, checking its scope too: Lease calls only in
+/// `role_namespace`, Secret calls only by name.
+fn listed(a: &Attributes, role_namespace: &str) -> Option<&'static ApiCall> {
+    API_CALLS.iter().find(|c| {
+        c.group == a.group
+            && c.resource == a.resource
+            && c.verbs.contains(&a.verb.as_str())
+            && match c.scope {
+                Scope::AllNamespaces => true,
+                Scope::OwnNamespace => a.namespace.as_deref() == Some(role_namespace),
+                Scope::NamedObjects => a.namespace.is_some() && a.name.is_some(),
+            }
+    })
+}
+
+/// Requests of `log` that are no call of `API_CALLS` (the list must name everything the
+/// code does); `role_namespace` is canaryd's own namespace.
+pub fn unlisted(log: &[(String, String)], role_namespace: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (method, path) in log {
+        let Some(a) = attributes(method, path) else { continue };
+        if listed(&a, role_namespace).is_none() {
+            let line = format!("{method} {path} ({a:?})");
+            if !out.contains(&line) {
+                out.push(line);
+            }
+        }
+    }
+    out
+}
+
+/// `group/resource verb` of every `API_CALLS` verb that no request of `log` made: a grant
+/// nothing exercised.
+pub fn unused(log: &[(String, String)], role_namespace: &str) -> Vec<String> {
+    let made: Vec<(&'static str, &'static str, String)> = log
+        .iter()
+        .filter_map(|(m, p)| attributes(m, p))
+        .filter_map(|a| listed(&a, role_namespace).map(|c| (c.group, c.resource, a.verb)))
+        .collect();
+    API_CALLS
+        .iter()
+        .flat_map(|c| c.verbs.iter().map(move |v| (c, *v)))
+        .filter(|(c, v)| {
+            !made
+                .iter()
+                .any(|(g, r, mv)| *g == c.group && *r == c.resource && mv == v)
+        })
+        .map(|(c, v)| format!("{}/{} {v} ({})", c.group, c.resource, c.why))
+        .collect()
 }
 
 #[cfg(test)]

@@ -3,6 +3,9 @@
 //!
 //! Only `ready` endpoints are published; a terminating one drops out of the set, so it gets
 //! no new requests, while requests already sent to it finish on their connections.
+//!
+//! API calls (see [`super::api_calls`]): list/watch of EndpointSlices, of Pods, and of the
+//! Service for a port given by number.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -2,6 +2,9 @@
 //! ingress controller does, so `kubectl get ingress`, external-dns and Argo CD health checks
 //! see where the hosts are served. The address is that of canaryd's LoadBalancer Service
 //! (given by MetalLB). Only the leader writes.
+//!
+//! API calls (see [`super::api_calls`]): get of the Service, list of Ingresses, patch of
+//! their status.
 
 use std::sync::Arc;
 use std::time::Duration;

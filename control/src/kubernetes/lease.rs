@@ -3,6 +3,8 @@
 //! duration. Every write carries the `resourceVersion` read, so two replicas racing for an
 //! expired Lease cannot both win. Only the leader advances timed rollouts; aborts need no
 //! leader.
+//!
+//! API calls (see [`super::api_calls`]): get, create and update of the Lease.
 
 use std::sync::Arc;
 use std::time::Duration;

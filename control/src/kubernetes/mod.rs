@@ -1,7 +1,11 @@
 //! Kubernetes mode: backends discovered from EndpointSlices and Pods, routes from
 //! `CanaryRoute` resources and Ingresses, live state shared through `CanaryRoute` status,
 //! timed rollouts advanced by the replica holding the leader Lease.
+//!
+//! Every API call these modules make is listed in [`api_calls::API_CALLS`], which the RBAC
+//! in `deploy/rbac.yaml` and the Helm chart grants exactly; add a call there first.
 
+pub mod api_calls;
 pub mod crd;
 pub mod discovery;
 pub mod ingress;

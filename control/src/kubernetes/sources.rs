@@ -1,6 +1,9 @@
 //! Composes the routes served in kubernetes mode: the config file's routes, then
 //! CanaryRoutes, then Ingresses, each variant's endpoints filled from discovery. A cluster
 //! route whose name or host + path is already taken is refused and reported, never merged.
+//!
+//! API calls (see [`super::api_calls`]): list/watch of CanaryRoutes, of Ingresses and, by
+//! name, of TLS Secrets.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -3,6 +3,9 @@
 //! status at that `resourceVersion`; on a 409 Conflict read again and re-apply. A caller's
 //! `If-Match` is checked against the state found, so a stale one is a 412 whichever replica
 //! wrote last. Every applied change is an audit entry and a Kubernetes Event on the object.
+//!
+//! API calls (see [`super::api_calls`]): get of the CanaryRoute, update of its status,
+//! create and patch of Events.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! A watched set of objects, published whole: the initial list (and every re-list after a
 //! lost watch or a 410 Gone) replaces the set at once, never piece by piece, and a broken
 //! watch keeps the last known set while kube-runtime backs off and re-lists.
+//!
+//! Each watch is a `list` and a `watch` call on its resource ([`super::api_calls`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
