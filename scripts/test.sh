@@ -46,4 +46,4 @@ CANARYD_BIN="$PWD/target/debug/canaryd" CANARYD_REV="$(git rev-parse --short HEA
   bash benches/compare/run.sh --smoke
 
 echo "== cargo test (unit, end-to-end, benchmark smoke)"
-cargo test --workspace --all-targets
+cargo test --workspace --all-targets --no-fail-fast

@@ -59,6 +59,13 @@ pub struct Limits {
     /// Requests a client may cancel on one connection while they outnumber its completed
     /// ones; past it the connection gets GOAWAY and is closed (0: no limit).
     pub h2_max_cancelled_streams: u32,
+    /// HTTP/2 stream flow-control window: request body bytes a client may send ahead of
+    /// canaryd reading them.
+    pub h2_stream_window_bytes: u32,
+    /// HTTP/2 connection flow-control window: the same for all streams of a connection.
+    pub h2_connection_window_bytes: u32,
+    /// Requests per client connection before it is closed gracefully (0: no limit).
+    pub max_requests_per_connection: u64,
 }
 
 /// TLS termination settings.

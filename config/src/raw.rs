@@ -84,6 +84,9 @@ pub(crate) struct RawLimits {
     pub h2_max_concurrent_streams: u32,
     pub h2_max_header_list_bytes: u32,
     pub h2_max_cancelled_streams: u32,
+    pub h2_stream_window_bytes: u32,
+    pub h2_connection_window_bytes: u32,
+    pub max_requests_per_connection: u64,
 }
 
 impl Default for RawLimits {
@@ -96,6 +99,9 @@ impl Default for RawLimits {
             h2_max_concurrent_streams: 100,
             h2_max_header_list_bytes: 32 * 1024,
             h2_max_cancelled_streams: 100,
+            h2_stream_window_bytes: 64 * 1024,
+            h2_connection_window_bytes: 1024 * 1024,
+            max_requests_per_connection: 10_000,
         }
     }
 }

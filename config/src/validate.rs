@@ -9,6 +9,10 @@ use crate::model::*;
 use crate::raw::*;
 use crate::Weight;
 
+/// HTTP/2 flow-control windows allowed: below 16 KiB uploads crawl; above 16 MiB one
+/// connection may make canaryd buffer that much.
+const H2_WINDOW: std::ops::RangeInclusive<u32> = 16 * 1024..=16 * 1024 * 1024;
+
 struct Errors(Vec<FieldError>);
 
 impl Errors {
@@ -139,6 +143,9 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         h2_max_concurrent_streams: l.h2_max_concurrent_streams,
         h2_max_header_list_bytes: l.h2_max_header_list_bytes,
         h2_max_cancelled_streams: l.h2_max_cancelled_streams,
+        h2_stream_window_bytes: l.h2_stream_window_bytes,
+        h2_connection_window_bytes: l.h2_connection_window_bytes,
+        max_requests_per_connection: l.max_requests_per_connection,
     };
     for (field, ok) in [
         ("max_connections", limits.max_connections >= 1),
@@ -149,11 +156,20 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         ),
         ("h2_max_concurrent_streams", limits.h2_max_concurrent_streams >= 1),
         ("h2_max_header_list_bytes", limits.h2_max_header_list_bytes >= 1024),
+        (
+            "h2_stream_window_bytes",
+            H2_WINDOW.contains(&limits.h2_stream_window_bytes),
+        ),
+        (
+            "h2_connection_window_bytes",
+            H2_WINDOW.contains(&limits.h2_connection_window_bytes)
+                && limits.h2_connection_window_bytes >= limits.h2_stream_window_bytes,
+        ),
     ] {
         if !ok {
             errs.push(
                 format!("limits.{field}"),
-                "out of range (connections ≥ 1, header count 1..1000, header bytes 8 KiB..1 MiB, streams ≥ 1, header list ≥ 1 KiB)",
+                "out of range (connections ≥ 1, header count 1..1000, header bytes 8 KiB..1 MiB, streams ≥ 1, header list ≥ 1 KiB, HTTP/2 windows 16 KiB..16 MiB with the connection's at least the stream's)",
             );
         }
     }
@@ -853,12 +869,15 @@ fn path_prefix(text: &str) -> Result<String, String> {
     if !text.starts_with('/') {
         return Err(format!("{text:?} must start with '/'"));
     }
-    if let Some(c) = text
-        .chars()
-        .find(|c| c.is_control() || c.is_whitespace() || matches!(c, '?' | '#' | '%' | '\\'))
-    {
+    // Letters, digits and the few URI path characters a route needs, like ingress-nginx's
+    // strict path validation: no query, fragment, escape, space, quote, brace or `;`, so a
+    // prefix cannot carry anything into a log line, a label or an object built from it.
+    if let Some(c) = text.chars().find(|c| {
+        !(c.is_ascii_alphanumeric()
+            || matches!(c, '/' | '-' | '.' | '_' | '~' | ':' | '@' | '!' | '*' | '+' | ',' | '='))
+    }) {
         return Err(format!(
-            "{text:?} contains {c:?}; a prefix is a plain path without query, fragment, escapes or spaces"
+            "{text:?} contains {c:?}; a prefix is a plain path of letters, digits and / - . _ ~ : @ ! * + , ="
         ));
     }
     if text.split('/').any(|seg| seg == ".." || seg == ".") {

@@ -1,41 +1,66 @@
-//! Per-connection budget of requests the client cancels before their response is ready:
-//! the defence against the HTTP/2 "Rapid Reset" variant (CVE-2023-44487) that the h2
-//! crate's pending-accept counter cannot see, where each stream is left open long enough
-//! to be accepted and forwarded upstream and only then reset. Every such stream costs the
-//! proxy an upstream request and the attacker nothing, so a connection whose cancellations
-//! pass the budget while outnumbering its completed requests is told to go away.
+//! Per-connection budgets: how many requests a connection may carry, and how many it may
+//! cancel before their response is ready.
 //!
-//! On HTTP/1 a cancelled request means a closed connection, so the budget only ever trips
-//! on HTTP/2; it costs one uncontended atomic add per request either way.
+//! The cancellation budget is the defence against the HTTP/2 "Rapid Reset" variant
+//! (CVE-2023-44487) that the h2 crate's pending-accept counter cannot see, where each
+//! stream is left open long enough to be accepted and forwarded upstream and only then
+//! reset. Every such stream costs the proxy an upstream request and the attacker nothing,
+//! so a connection whose cancellations pass the budget while outnumbering its completed
+//! requests is told to go away. On HTTP/1 a cancelled request means a closed connection,
+//! so that budget only ever trips on HTTP/2.
+//!
+//! The request budget closes a connection gracefully after N requests (HTTP/1
+//! `Connection: close`, HTTP/2 GOAWAY), so long-lived client connections are spread
+//! again over the replicas behind the load balancer and no connection lives for ever.
+//!
+//! Both cost an uncontended atomic add or two per request.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use hyper::service::Service;
 use tokio::sync::Notify;
 
+/// Why a connection's budget ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spent {
+    /// It cancelled too many requests: cut it.
+    Cancelled,
+    /// It carried its share of requests: close it gracefully.
+    Requests,
+}
+
 /// Counts one connection's completed and cancelled requests.
 #[derive(Debug)]
-pub struct CancelBudget {
-    /// Cancellations allowed before the ratio test applies; 0 disables the budget.
-    limit: u32,
-    completed: AtomicU32,
+pub struct ConnectionBudget {
+    /// Cancellations allowed before the ratio test applies; 0 disables that budget.
+    max_cancelled: u32,
+    /// Requests per connection; 0 means no limit.
+    max_requests: u64,
+    started: AtomicU64,
+    completed: AtomicU64,
     cancelled: AtomicU32,
-    tripped: AtomicBool,
+    /// Set once, by the first budget to run out.
+    spent: AtomicBool,
+    cancelled_out: AtomicBool,
     notify: Notify,
 }
 
-impl CancelBudget {
-    /// A budget of `limit` cancelled requests per connection (0: unlimited).
-    pub fn new(limit: u32) -> Arc<Self> {
+impl ConnectionBudget {
+    /// A budget of `max_cancelled` cancelled and `max_requests` completed requests per
+    /// connection (0: unlimited).
+    pub fn new(max_cancelled: u32, max_requests: u64) -> Arc<Self> {
         Arc::new(Self {
-            limit,
-            completed: AtomicU32::new(0),
+            max_cancelled,
+            max_requests,
+            started: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
             cancelled: AtomicU32::new(0),
-            tripped: AtomicBool::new(false),
+            spent: AtomicBool::new(false),
+            cancelled_out: AtomicBool::new(false),
             notify: Notify::new(),
         })
     }
@@ -48,13 +73,33 @@ impl CancelBudget {
         }
     }
 
-    /// Resolves once the connection has spent its budget (never, with limit 0).
-    pub async fn exhausted(&self) {
-        if self.limit == 0 {
+    /// Resolves once the connection has spent a budget (never, with both unlimited).
+    pub async fn spent(&self) -> Spent {
+        if self.max_cancelled == 0 && self.max_requests == 0 {
             return std::future::pending().await;
         }
         // A trip before this call left a permit behind, so it is not missed.
         self.notify.notified().await;
+        if self.cancelled_out.load(Ordering::Relaxed) {
+            Spent::Cancelled
+        } else {
+            Spent::Requests
+        }
+    }
+
+    fn trip(&self) {
+        if !self.spent.swap(true, Ordering::Relaxed) {
+            self.notify.notify_one();
+        }
+    }
+
+    fn start(&self) {
+        // Counted when the request is taken, so the close is decided before the next one
+        // is read: the last request's answer carries `Connection: close`.
+        let started = self.started.fetch_add(1, Ordering::Relaxed) + 1;
+        if started == self.max_requests {
+            self.trip();
+        }
     }
 
     fn complete(&self) {
@@ -62,26 +107,24 @@ impl CancelBudget {
     }
 
     fn cancel(&self) {
-        if self.limit == 0 {
+        if self.max_cancelled == 0 {
             return;
         }
         let cancelled = self.cancelled.fetch_add(1, Ordering::Relaxed) + 1;
         // A client that mostly finishes its requests (a browser leaving pages, a gRPC
         // client with deadlines) may cancel many; one that mostly cancels may not.
-        if cancelled >= self.limit
-            && cancelled > self.completed.load(Ordering::Relaxed)
-            && !self.tripped.swap(true, Ordering::Relaxed)
-        {
-            self.notify.notify_one();
+        if cancelled >= self.max_cancelled && u64::from(cancelled) > self.completed.load(Ordering::Relaxed) {
+            self.cancelled_out.store(true, Ordering::Relaxed);
+            self.trip();
         }
     }
 }
 
-/// A service whose requests are counted against a [`CancelBudget`].
+/// A service whose requests are counted against a [`ConnectionBudget`].
 #[derive(Debug, Clone)]
 pub struct Budgeted<S> {
     inner: S,
-    budget: Arc<CancelBudget>,
+    budget: Arc<ConnectionBudget>,
 }
 
 impl<S, R> Service<R> for Budgeted<S>
@@ -93,6 +136,7 @@ where
     type Future = Counted<S::Future>;
 
     fn call(&self, req: R) -> Self::Future {
+        self.budget.start();
         Counted {
             inner: self.inner.call(req),
             budget: Some(self.budget.clone()),
@@ -106,7 +150,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         // Taken when the future resolves, so drop knows it was not cancelled.
-        budget: Option<Arc<CancelBudget>>,
+        budget: Option<Arc<ConnectionBudget>>,
     }
 
     impl<F> PinnedDrop for Counted<F> {
@@ -161,27 +205,29 @@ mod tests {
         }
     }
 
-    async fn is_exhausted(b: &CancelBudget) -> bool {
-        tokio::time::timeout(Duration::from_millis(20), b.exhausted())
-            .await
-            .is_ok()
+    async fn spent(b: &ConnectionBudget) -> Option<Spent> {
+        tokio::time::timeout(Duration::from_millis(20), b.spent()).await.ok()
     }
 
     #[tokio::test]
     async fn trips_when_cancellations_reach_the_limit_and_outnumber_completions() {
-        let budget = CancelBudget::new(10);
+        let budget = ConnectionBudget::new(10, 0);
         let svc = budget.wrap(Never);
         for _ in 0..9 {
             drop(svc.call(()));
         }
-        assert!(!is_exhausted(&budget).await, "9 of 10 must not trip");
+        assert_eq!(spent(&budget).await, None, "9 of 10 must not trip");
         drop(svc.call(()));
-        assert!(is_exhausted(&budget).await, "the 10th cancellation trips");
+        assert_eq!(
+            spent(&budget).await,
+            Some(Spent::Cancelled),
+            "the 10th cancellation trips"
+        );
     }
 
     #[tokio::test]
     async fn completed_requests_buy_room_for_cancellations() {
-        let budget = CancelBudget::new(10);
+        let budget = ConnectionBudget::new(10, 0);
         let (ready, never) = (budget.wrap(Ready), budget.wrap(Never));
         for _ in 0..50 {
             ready.call(()).await.unwrap();
@@ -189,28 +235,49 @@ mod tests {
         for _ in 0..50 {
             drop(never.call(()));
         }
-        assert!(!is_exhausted(&budget).await, "50 cancelled of 100 must not trip");
+        assert_eq!(spent(&budget).await, None, "50 cancelled of 100 must not trip");
         drop(never.call(()));
-        assert!(is_exhausted(&budget).await, "51 cancelled against 50 completed trips");
+        assert_eq!(
+            spent(&budget).await,
+            Some(Spent::Cancelled),
+            "51 cancelled against 50 completed trips"
+        );
     }
 
     #[tokio::test]
     async fn a_resolved_future_dropped_later_is_not_a_cancellation() {
-        let budget = CancelBudget::new(1);
+        let budget = ConnectionBudget::new(1, 0);
         let svc = budget.wrap(Ready);
         let mut fut = Box::pin(svc.call(()));
         (&mut fut).await.unwrap();
         drop(fut);
-        assert!(!is_exhausted(&budget).await);
+        assert_eq!(spent(&budget).await, None);
     }
 
     #[tokio::test]
-    async fn limit_zero_never_trips() {
-        let budget = CancelBudget::new(0);
+    async fn limits_zero_never_trip() {
+        let budget = ConnectionBudget::new(0, 0);
         let svc = budget.wrap(Never);
         for _ in 0..1000 {
             drop(svc.call(()));
         }
-        assert!(!is_exhausted(&budget).await);
+        assert_eq!(spent(&budget).await, None);
+    }
+
+    #[tokio::test]
+    async fn the_request_budget_trips_when_the_nth_request_starts() {
+        let budget = ConnectionBudget::new(100, 5);
+        let svc = budget.wrap(Ready);
+        for _ in 0..4 {
+            svc.call(()).await.unwrap();
+        }
+        assert_eq!(spent(&budget).await, None, "4 of 5 must not trip");
+        let fifth = svc.call(());
+        assert_eq!(
+            spent(&budget).await,
+            Some(Spent::Requests),
+            "trips before the 5th is answered"
+        );
+        fifth.await.unwrap();
     }
 }

@@ -7,11 +7,12 @@
 mod affinity;
 mod balancer;
 mod body;
-mod cancel_budget;
+mod connection_budget;
 mod endpoint;
 mod error;
 mod forward;
 mod headers;
+mod linger;
 mod metrics;
 mod route;
 mod routing_table;

@@ -16,7 +16,8 @@ use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown};
 use prometheus::{IntCounterVec, Opts, Registry};
 use tokio::net::TcpListener;
 
-use crate::cancel_budget::CancelBudget;
+use crate::connection_budget::{ConnectionBudget, Spent};
+use crate::linger::LingeringStream;
 
 /// How long a connection told to go away for spending its cancellation budget may take to
 /// finish what it has before it is dropped.
@@ -42,6 +43,12 @@ pub struct ServeOptions {
     /// Requests a client may cancel on one connection, while they outnumber its completed
     /// ones, before the connection is sent GOAWAY and closed (0: no limit).
     pub h2_max_cancelled_streams: u32,
+    /// HTTP/2 stream flow-control window: request body bytes a client may send ahead.
+    pub h2_stream_window_bytes: u32,
+    /// HTTP/2 connection flow-control window, shared by all its streams.
+    pub h2_connection_window_bytes: u32,
+    /// Requests per connection before it is closed gracefully (0: no limit).
+    pub max_requests_per_connection: u64,
     /// Counts connections closed because of `max_connections`.
     pub shed: Option<prometheus::IntCounter>,
     /// Counts connections cut for spending their cancellation budget.
@@ -62,6 +69,9 @@ impl ServeOptions {
             h2_max_concurrent_streams: l.h2_max_concurrent_streams,
             h2_max_header_list_bytes: l.h2_max_header_list_bytes,
             h2_max_cancelled_streams: l.h2_max_cancelled_streams,
+            h2_stream_window_bytes: l.h2_stream_window_bytes,
+            h2_connection_window_bytes: l.h2_connection_window_bytes,
+            max_requests_per_connection: l.max_requests_per_connection,
             shed: None,
             cut: None,
         }
@@ -78,6 +88,9 @@ impl ServeOptions {
             h2_max_concurrent_streams: 100,
             h2_max_header_list_bytes: 64 * 1024,
             h2_max_cancelled_streams: 100,
+            h2_stream_window_bytes: 1024 * 1024,
+            h2_connection_window_bytes: 1024 * 1024,
+            max_requests_per_connection: 0,
             shed: None,
             cut: None,
         }
@@ -170,6 +183,8 @@ pub async fn serve<M, S, B>(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(opts.h2_max_concurrent_streams)
+        .initial_stream_window_size(opts.h2_stream_window_bytes)
+        .initial_connection_window_size(opts.h2_connection_window_bytes)
         .max_header_list_size(opts.h2_max_header_list_bytes);
     let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let graceful = GracefulShutdown::new();
@@ -203,7 +218,7 @@ pub async fn serve<M, S, B>(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "TCP_NODELAY not set");
         }
-        let budget = CancelBudget::new(opts.h2_max_cancelled_streams);
+        let budget = ConnectionBudget::new(opts.h2_max_cancelled_streams, opts.max_requests_per_connection);
         let service = budget.wrap(make_service(peer));
         // Held until the connection ends, so the drain below waits for it.
         let drain_token = graceful.watcher();
@@ -235,12 +250,13 @@ pub async fn serve<M, S, B>(
                         },
                         () = before_first_request => return,
                     }
+                    let stream = LingeringStream::new(stream);
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     drive(conn.into_owned(), closing, &budget, cut, peer).await
                 }
                 Some(tls) => {
                     let handshake = tokio::select! {
-                        h = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)) => h,
+                        h = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(LingeringStream::new(stream))) => h,
                         () = before_first_request => return,
                     };
                     let stream = match handshake {
@@ -275,13 +291,14 @@ pub async fn serve<M, S, B>(
     }
 }
 
-/// Runs one connection to its end: at shutdown it is closed gracefully (in-flight requests
-/// finish, bounded by the drain in `serve`); when it spends its cancellation budget it is
-/// sent GOAWAY and dropped after [`CUT_GRACE`].
+/// Runs one connection to its end: at shutdown, or when it has carried its requests, it is
+/// closed gracefully (in-flight requests finish, at shutdown bounded by the drain in
+/// `serve`); when it spends its cancellation budget it is sent GOAWAY and dropped after
+/// [`CUT_GRACE`].
 async fn drive<C>(
     conn: C,
     closing: impl Future<Output = ()>,
-    budget: &CancelBudget,
+    budget: &ConnectionBudget,
     cut: Option<prometheus::IntCounter>,
     peer: SocketAddr,
 ) -> Result<(), C::Error>
@@ -295,12 +312,15 @@ where
             conn.as_mut().graceful_shutdown();
             conn.await
         }
-        () = budget.exhausted() => {
+        spent = budget.spent() => {
+            conn.as_mut().graceful_shutdown();
+            if spent == Spent::Requests {
+                return conn.await;
+            }
             if let Some(c) = &cut {
                 c.inc();
             }
             tracing::info!(%peer, "connection cancelled too many requests (HTTP/2 rapid reset?): closing it");
-            conn.as_mut().graceful_shutdown();
             // Past the grace period the connection is dropped with whatever it still holds.
             tokio::time::timeout(CUT_GRACE, conn).await.unwrap_or(Ok(()))
         }

@@ -802,6 +802,134 @@ async fn client_variant_header_is_overwritten() {
 // Pipelining.
 // ---------------------------------------------------------------------------------------
 
+/// Pipelined requests, then one refused with a 400 (which closes the connection), then
+/// 256 KiB the proxy never reads: every answer before the close arrives, the stream ends
+/// with a clean EOF (no reset), and nothing after the refused request reaches a backend.
+/// (The lingering close in proxy/src/linger.rs guards the reset case of RFC 9112 §9.6; this
+/// shape passed without it too on loopback, so it is a regression check of the close, not
+/// a proof of the linger — see fuzz/README.md for the input where the linger shows.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_with_unread_pipelined_input_loses_no_answer() {
+    let (backend, proxy) = setup("").await;
+    let pipelined = 30;
+    let mut request = String::new();
+    for i in 0..pipelined {
+        request.push_str(&format!("GET /p/{i} HTTP/1.1\r\nHost: app\r\n\r\n"));
+    }
+    request.push_str("GET /refused HTTP/1.1\r\nHost: app\r\nHost: other\r\n\r\n");
+    let tail = format!(
+        "GET /never HTTP/1.1\r\nHost: app\r\nX-Pad: {}\r\n\r\n",
+        "x".repeat(4000)
+    )
+    .repeat(64);
+    request.push_str(&tail);
+    let mut lost = Vec::new();
+    for run in 0..10 {
+        let before = backend.count();
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        let (mut r, mut w) = s.split();
+        let bytes = request.as_bytes();
+        // Written while reading, so neither side waits on a full socket buffer.
+        let (_, got) = tokio::join!(
+            async {
+                let _ = w.write_all(bytes).await;
+            },
+            async {
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                let end = loop {
+                    match tokio::time::timeout(Duration::from_secs(5), r.read(&mut buf)).await {
+                        Ok(Ok(0)) => break "eof".to_string(),
+                        Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                        Ok(Err(e)) => break format!("{:?}", e.kind()),
+                        Err(_) => break "timeout".to_string(),
+                    }
+                };
+                (got, end)
+            }
+        );
+        let (got, end) = got;
+        let responses = parse_responses(&got);
+        let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
+        let ok = statuses.len() == pipelined + 1
+            && statuses[..pipelined].iter().all(|&s| s == 200)
+            && statuses[pipelined] == 400
+            && end == "eof";
+        if !ok {
+            lost.push(format!(
+                "run {run}: {} answers, last {:?}, ended by {end}",
+                statuses.len(),
+                statuses.last()
+            ));
+        }
+        let seen = targets_since(&backend, before);
+        assert!(
+            seen.iter().all(|t| t.starts_with("GET /p/")),
+            "something after the refused request reached the backend: {seen:?}"
+        );
+    }
+    assert!(lost.is_empty(), "answers lost to a reset: {lost:?}");
+}
+
+/// `limits.max_requests_per_connection` closes a connection gracefully after that many
+/// requests: HTTP/1.1 ends the connection after the last answer, HTTP/2 sends GOAWAY; the
+/// advertised HTTP/2 windows are the configured ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_per_connection_and_h2_windows_follow_the_limits() {
+    let (backend, proxy) = setup(
+        "limits:\n  max_requests_per_connection: 5\n  h2_stream_window_bytes: 131072\n  h2_connection_window_bytes: 4194304\n",
+    )
+    .await;
+    // HTTP/1.1: six pipelined requests, five answered, then the end of the connection.
+    let request = (0..6)
+        .map(|i| format!("GET /k/{i} HTTP/1.1\r\nHost: app\r\n\r\n"))
+        .collect::<String>();
+    let ex = exchange(proxy.addr, request.as_bytes(), Duration::from_secs(5)).await;
+    let statuses: Vec<u16> = parse_responses(&ex.bytes).iter().map(|r| r.status).collect();
+    assert!(ex.closed, "the connection stays open after its 5 requests");
+    assert_eq!(statuses, vec![200; 5], "five answers, then the close");
+    assert_eq!(targets_since(&backend, 0).len(), 5, "the sixth request was forwarded");
+
+    // HTTP/2: the windows as configured, then GOAWAY once five streams are answered.
+    let (s, settings) = h2f::handshake(proxy.addr).await;
+    let window = settings
+        .iter()
+        .rev()
+        .find(|(id, _)| *id == h2f::SETTINGS_INITIAL_WINDOW_SIZE)
+        .map(|(_, v)| *v);
+    assert_eq!(window, Some(131_072), "stream window in SETTINGS: {settings:?}");
+    let (mut r, mut w) = s.into_split();
+    let mut burst = Vec::new();
+    for i in 0..5u32 {
+        burst.extend(h2f::get(1 + 2 * i, "app", &format!("/h2/{i}")));
+    }
+    w.write_all(&burst).await.unwrap();
+    let (mut conn_window, mut answered, mut goaway) = (None, 0, false);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && !(goaway && conn_window.is_some() && answered == 5) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Ok(f)) = tokio::time::timeout(left, h2f::read_frame(&mut r)).await else {
+            break;
+        };
+        match f.ty {
+            h2f::WINDOW_UPDATE if f.stream == 0 => {
+                let inc = u32::from_be_bytes([f.payload[0], f.payload[1], f.payload[2], f.payload[3]]) & 0x7fff_ffff;
+                conn_window = Some(65_535 + inc);
+            }
+            h2f::HEADERS => answered += 1,
+            h2f::GOAWAY => goaway = true,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        conn_window,
+        Some(4_194_304),
+        "connection window after the first WINDOW_UPDATE"
+    );
+    assert_eq!(answered, 5, "all five streams answered");
+    assert!(goaway, "no GOAWAY after the connection's 5 requests");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order_and_forwarded_once() {
     // The first backend is slow, so an out-of-order proxy would answer "two" first.
@@ -958,6 +1086,8 @@ mod h2f {
     pub const CANCEL: u32 = 0x8;
     pub const REFUSED_STREAM: u32 = 0x7;
     pub const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    pub const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
+    pub const WINDOW_UPDATE: u8 = 0x8;
 
     pub fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let mut f = Vec::with_capacity(9 + payload.len());
@@ -1471,7 +1601,8 @@ async fn h2_continuation_flood_is_cut_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_flood_does_not_starve_new_clients_or_admin() {
     let (backend, proxy) = setup("").await;
-    let (target, budget) = (2_000usize, Duration::from_secs(10));
+    // Generous time: on a loaded 2-core machine the other tests of this suite compete for the accept loop.
+    let (target, budget) = (2_000usize, Duration::from_secs(30));
     let started = Instant::now();
     let mut conns = Vec::with_capacity(target);
     while conns.len() < target && started.elapsed() < budget {
