@@ -1598,6 +1598,68 @@ async fn h2_continuation_flood_is_cut_off() {
 // Connection flood.
 // ---------------------------------------------------------------------------------------
 
+/// Readers that never open their window: HTTP/2 clients that advertise a zero stream
+/// window and HTTP/1.1 clients that never read, each asking for a 20 MB body. canaryd must
+/// not buffer those bodies (backpressure reaches the backend instead), and everyone else
+/// keeps being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_window_readers_stall_alone() {
+    let (backend, proxy) = setup("").await;
+    let rss_before = proxy.rss_kib();
+    let (h2_conns, h2_streams, h1_conns, size) = (4u32, 10u32, 8usize, 20_000_000usize);
+    let mut held = Vec::new();
+    for _ in 0..h2_conns {
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        let mut hello = h2f::PREFACE.to_vec();
+        // SETTINGS_INITIAL_WINDOW_SIZE = 0: canaryd may send no DATA at all.
+        let zero_window = [
+            &h2f::SETTINGS_INITIAL_WINDOW_SIZE.to_be_bytes()[..],
+            &0u32.to_be_bytes()[..],
+        ]
+        .concat();
+        hello.extend(h2f::frame(h2f::SETTINGS, 0, 0, &zero_window));
+        hello.extend(h2f::frame(h2f::SETTINGS, h2f::ACK, 0, &[]));
+        for i in 0..h2_streams {
+            hello.extend(h2f::get(1 + 2 * i, "app", &format!("/bytes/{size}")));
+        }
+        s.write_all(&hello).await.unwrap();
+        held.push(s);
+    }
+    for _ in 0..h1_conns {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut s = socket.connect(proxy.addr).await.unwrap();
+        s.write_all(format!("GET /bytes/{size} HTTP/1.1\r\nHost: app\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    let asked = (h2_conns * h2_streams) as usize + h1_conns;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while backend.count() < asked && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(backend.count(), asked, "every stalled request reached the backend");
+    // Long enough for a proxy that buffers to have read megabytes per request.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let serving = still_serving(&proxy).await;
+    let grown_kib = proxy.rss_kib().saturating_sub(rss_before);
+    eprintln!(
+        "zero window: {asked} stalled requests for {} MB in all; canaryd RSS grew {grown_kib} KiB",
+        asked * size / 1_000_000
+    );
+    assert!(
+        serving.is_ok(),
+        "others not served next to stalled readers: {serving:?}"
+    );
+    // 960 MB were asked for; a proxy that buffers would hold a large part of it.
+    assert!(
+        grown_kib < 64 * 1024,
+        "canaryd buffered {grown_kib} KiB for readers that read nothing"
+    );
+    drop(held);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_flood_does_not_starve_new_clients_or_admin() {
     let (backend, proxy) = setup("").await;
