@@ -1,15 +1,19 @@
 //! TLS termination through the real binary: SNI picks the certificate, ALPN negotiates
-//! HTTP/2, old protocol versions are refused, certificates rotate under load.
+//! HTTP/2, old protocol versions are refused, unknown names get the default certificate or a
+//! refusal, certificates from files rotate under concurrent load, and certificates come from
+//! Kubernetes Secrets (of Ingress `tls:` sections or named in the config).
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use canary_tests::{admin_call, Backend, BackendHandle, Canaryd, Client};
+use canary_tests::{Backend, BackendHandle, Canaryd, Client};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A test CA that signs leaf certificates.
@@ -52,28 +56,193 @@ impl Ca {
     }
 
     fn connector(&self) -> tokio_rustls::TlsConnector {
+        tokio_rustls::TlsConnector::from(Arc::new(self.client_config()))
+    }
+
+    /// A connector for many connections that never resumes a session: a resumed handshake
+    /// carries no certificate (rustls reports the one of the original session), so only full
+    /// handshakes show which certificate the server serves now.
+    fn connector_without_resumption(&self) -> tokio_rustls::TlsConnector {
+        let mut config = self.client_config();
+        config.resumption = rustls::client::Resumption::disabled();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+
+    fn client_config(&self) -> rustls::ClientConfig {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from(self.cert.der().to_vec())).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(roots)
-            .with_no_client_auth();
-        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .with_no_client_auth()
     }
 }
 
 /// One request over a fresh TLS connection with SNI `host`: (served leaf DER, HTTP response text).
 async fn https_get(ca: &Ca, addr: SocketAddr, host: &str, path: &str) -> Result<(Vec<u8>, String), String> {
+    https_get_via(&ca.connector(), addr, host, path).await
+}
+
+/// [`https_get`] through a given connector (one built once and shared by concurrent clients).
+async fn https_get_via(
+    connector: &tokio_rustls::TlsConnector,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+) -> Result<(Vec<u8>, String), String> {
     let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let name = ServerName::try_from(host.to_string()).unwrap();
-    let mut tls = ca.connector().connect(name, tcp).await.map_err(|e| e.to_string())?;
+    let mut tls = connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
     let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
     let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     tls.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     tls.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
     Ok((leaf, String::from_utf8_lossy(&out).into_owned()))
+}
+
+/// Accepts any certificate chain for any name (the handshake signatures are still checked),
+/// so a handshake fails only when the server refuses it, never for a name mismatch.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS handshake with SNI `host` by a client that trusts any certificate: the served
+/// leaf's DER, or the error (a refused handshake is `received fatal alert: ...`).
+async fn handshake_unverified(addr: SocketAddr, host: &str) -> Result<Vec<u8>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(host.to_string()).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(tls.get_ref().1.peer_certificates().unwrap()[0].to_vec())
+}
+
+/// Waits (up to 10 s) until the sample `series` reaches `want`; returns the last value seen.
+/// The server counts a failed handshake after its alert is sent, so a client can see the
+/// failure a moment before the metric does.
+async fn metric_reaching(proxy: &Canaryd, series: &str, want: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = proxy.metric(series).await;
+        if v >= want || Instant::now() >= deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One request of the rotation load: when it started, and the leaf served or the error.
+struct Outcome {
+    started: Instant,
+    result: Result<Vec<u8>, String>,
+}
+
+/// Concurrent HTTPS clients for the rotation test, each making requests (one fresh TLS
+/// connection each, so every request is a new handshake) until stopped or at a bound.
+struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    outcomes: Vec<Arc<Mutex<Vec<Outcome>>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// At most this many requests per client, so a stuck test cannot run for ever.
+    const MAX_EACH: usize = 2000;
+
+    fn start(clients: usize, connector: tokio_rustls::TlsConnector, addr: SocketAddr, host: &'static str) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut outcomes = Vec::new();
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let (stop, connector) = (stop.clone(), connector.clone());
+            let seen: Arc<Mutex<Vec<Outcome>>> = Arc::default();
+            outcomes.push(seen.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..Self::MAX_EACH {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let started = Instant::now();
+                    let result = match https_get_via(&connector, addr, host, "/").await {
+                        Ok((leaf, resp)) if resp.starts_with("HTTP/1.1 200") => Ok(leaf),
+                        Ok((_, resp)) => Err(format!("not a 200: {resp}")),
+                        Err(e) => Err(e),
+                    };
+                    seen.lock().unwrap().push(Outcome { started, result });
+                    // A little room for the other tests sharing the machine's two cores.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }));
+        }
+        Self { stop, outcomes, tasks }
+    }
+
+    /// Requests finished so far, over all clients.
+    fn done(&self) -> usize {
+        self.outcomes.iter().map(|o| o.lock().unwrap().len()).sum()
+    }
+
+    /// Requests started at or after `t` by the client that has made the fewest.
+    fn fewest_since(&self, t: Instant) -> usize {
+        let since = |o: &Arc<Mutex<Vec<Outcome>>>| o.lock().unwrap().iter().filter(|r| r.started >= t).count();
+        self.outcomes.iter().map(since).min().unwrap_or(0)
+    }
+
+    /// Stops the clients and returns every outcome.
+    async fn finish(self) -> Vec<Outcome> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        self.outcomes
+            .into_iter()
+            .flat_map(|o| std::mem::take(&mut *o.lock().unwrap()))
+            .collect()
+    }
 }
 
 fn config(dir: &Path, backend: &BackendHandle, extra_route: &str, unknown_sni: &str) -> String {
@@ -107,6 +276,12 @@ async fn sni_alpn_versions_and_secure_cookies() {
     // An unknown name gets the first (default) certificate, which the client then rejects.
     let err = https_get(&ca, https, "other.test", "/").await.unwrap_err();
     assert!(err.contains("only valid for DnsName(\"a.test\")"), "{err}");
+    // A client that checks no name completes the handshake: unknown_sni: default answers
+    // (the rotation test shows the same handshake refused with unknown_sni: reject).
+    let leaf = handshake_unverified(https, "other.test")
+        .await
+        .expect("unknown_sni: default completes the handshake");
+    assert_eq!(leaf, a, "the first certificate is the default");
     let seen = backend.requests();
     assert_eq!(seen[0].headers["x-forwarded-proto"], "https");
 
@@ -203,53 +378,94 @@ async fn rotation_under_load_loses_nothing_and_a_broken_file_keeps_the_old_cert(
     let proxy = Canaryd::start(&config(dir.path(), &backend, "", "reject"));
     let https = proxy.https.unwrap();
 
-    // Unknown names are refused when unknown_sni is reject.
-    assert!(https_get(&ca, https, "nobody.test", "/").await.is_err());
+    // Unknown names are refused when unknown_sni is reject: even a client that would accept
+    // any certificate gets an alert instead of one (with default it completes, see above).
+    let no_certificate = r#"canaryd_tls_handshakes_total{result="no_certificate"}"#;
+    let before = proxy.metric(no_certificate).await;
+    let err = handshake_unverified(https, "nobody.test").await.unwrap_err();
+    assert!(err.contains("fatal alert"), "a refused handshake, not {err}");
+    assert_eq!(
+        metric_reaching(&proxy, no_certificate, before + 1.0).await,
+        before + 1.0
+    );
+    // A known name still gets its certificate from the same unverifying client.
+    assert_eq!(handshake_unverified(https, "a.test").await.unwrap(), first);
 
-    let mut failures = 0;
-    let mut second = None;
-    let mut saw_new = false;
-    for i in 0..400 {
-        if i == 100 {
-            second = Some(ca.issue(dir.path(), "a", &["a.test"]));
-        }
-        match https_get(&ca, https, "a.test", "/").await {
-            Ok((leaf, resp)) => {
-                assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-                if Some(&leaf) == second.as_ref() {
-                    saw_new = true;
-                } else {
-                    assert_eq!(leaf, first, "only the old or the new certificate is ever served");
-                }
-            }
-            Err(e) => {
-                eprintln!("request {i}: {e}");
-                failures += 1;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    // Concurrent clients, a new handshake per request, while the file is replaced.
+    let load_began = Instant::now();
+    let load = Load::start(6, ca.connector_without_resumption(), https, "a.test");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while load.done() < 100 {
+        assert!(Instant::now() < deadline, "the load did not get going");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(failures, 0);
-    assert!(saw_new, "the rotated certificate was picked up");
+    let second = ca.issue(dir.path(), "a", &["a.test"]);
+    // The files are re-read every second: once a handshake of ours gets the new certificate,
+    // the set is swapped, and every handshake that starts afterwards must get it too.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let swapped = loop {
+        let (leaf, _) = https_get(&ca, https, "a.test", "/").await.unwrap();
+        if leaf == second {
+            break Instant::now();
+        }
+        assert!(Instant::now() < deadline, "the rotated certificate was not picked up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while load.fewest_since(swapped) < 20 {
+        assert!(Instant::now() < deadline, "some client made no requests after the swap");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let outcomes = load.finish().await;
+    let failed: Vec<&String> = outcomes.iter().filter_map(|o| o.result.as_ref().err()).collect();
+    let after: Vec<&Vec<u8>> = outcomes
+        .iter()
+        .filter(|o| o.started >= swapped)
+        .filter_map(|o| o.result.as_ref().ok())
+        .collect();
+    let old = outcomes.iter().filter(|o| o.result.as_ref() == Ok(&first)).count();
+    eprintln!(
+        "rotation under load: {} requests by 6 clients in {:.1} s, {} failed, {old} got the old certificate, {} started after the swap",
+        outcomes.len(),
+        load_began.elapsed().as_secs_f64(),
+        failed.len(),
+        after.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        outcomes.len()
+    );
+    assert!(old > 0, "the load ran before the rotation");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(&o.result, Ok(leaf) if *leaf == first || *leaf == second)),
+        "only the old or the new certificate is ever served"
+    );
+    assert!(
+        after.iter().all(|leaf| **leaf == second),
+        "a handshake after the swap got the old certificate"
+    );
 
     // A broken replacement: the working certificate stays.
+    let failure = r#"canaryd_certificate_reloads_total{result="failure"}"#;
+    let before = proxy.metric(failure).await;
     std::fs::write(
         dir.path().join("a.pem"),
         "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
     )
     .unwrap();
-    assert!(
-        proxy.wait_log("certificate change refused", Duration::from_secs(5)),
+    assert_eq!(
+        metric_reaching(&proxy, failure, before + 1.0).await,
+        before + 1.0,
         "{:?}",
         proxy.log()
     );
+    assert!(proxy.wait_log("certificate change refused", Duration::from_secs(1)));
     let (leaf, _) = https_get(&ca, https, "a.test", "/").await.unwrap();
-    assert_eq!(Some(leaf), second);
-    let (_, _, _) = admin_call(proxy.admin, "GET", "/healthz", &[], "").await;
-    assert!(proxy
-        .metrics()
-        .await
-        .contains(r#"canaryd_certificate_reloads_total{result="failure"} 1"#));
+    assert_eq!(leaf, second);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,8 +489,19 @@ async fn plain_http_redirects_to_https_when_asked() {
     assert_eq!(backend.count(), 0);
 }
 
-/// A `kubernetes.io/tls` Secret from the PEM files `issue` wrote.
+/// A `kubernetes.io/tls` Secret `prod/web-tls` from the PEM files `issue` wrote.
 fn tls_secret(dir: &Path, file: &str, broken_key: bool) -> k8s_openapi::api::core::v1::Secret {
+    tls_secret_named(dir, file, "prod", "web-tls", broken_key)
+}
+
+/// A `kubernetes.io/tls` Secret `namespace/name` from the PEM files `issue` wrote.
+fn tls_secret_named(
+    dir: &Path,
+    file: &str,
+    namespace: &str,
+    name: &str,
+    broken_key: bool,
+) -> k8s_openapi::api::core::v1::Secret {
     use k8s_openapi::ByteString;
     let cert = std::fs::read(dir.join(format!("{file}.pem"))).unwrap();
     let key = if broken_key {
@@ -284,8 +511,8 @@ fn tls_secret(dir: &Path, file: &str, broken_key: bool) -> k8s_openapi::api::cor
     };
     k8s_openapi::api::core::v1::Secret {
         metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-            namespace: Some("prod".into()),
-            name: Some("web-tls".into()),
+            namespace: Some(namespace.into()),
+            name: Some(name.into()),
             ..Default::default()
         },
         type_: Some("kubernetes.io/tls".into()),
@@ -374,6 +601,75 @@ async fn certificates_from_the_secrets_of_ingress_tls_sections_rotate_and_surviv
     // RBAC can be limited to the Secrets named: canaryd reads them by name only.
     let rbac = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac.yaml")).unwrap()
         + "---\nkind: Role\nmetadata: {name: canaryd-tls, namespace: prod}\nrules:\n  - apiGroups: ['']\n    resources: [secrets]\n    resourceNames: [web-tls]\n    verbs: [get, list, watch]\n";
+    let refused = canary_tests::rbac::violations(&api.requests(), &rbac, "prod");
+    assert!(refused.is_empty(), "not allowed:\n{}", refused.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_from_secrets_named_in_the_config_are_served_for_their_hosts_and_rotate() {
+    use canary_tests::kube_api::{self, KubeApi};
+    let api = KubeApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.write_kubeconfig(dir.path());
+    let ca = Ca::new();
+    let first = ca.issue(dir.path(), "one", &["*.shop.example"]);
+    let second = ca.issue(dir.path(), "two", &["*.shop.example"]);
+    let backend = Backend::new("shop").start().await;
+    let port: i32 = backend.endpoint().rsplit(':').next().unwrap().parse().unwrap();
+    api.apply(kube_api::ingress_class("canaryd", "canaryd.dev/ingress-controller"));
+    api.apply(kube_api::endpoint_slice(
+        "prod",
+        "shop-1",
+        "shop",
+        "http",
+        port,
+        &[("127.0.0.1", true, true, false)],
+    ));
+    // The Ingress has no tls: section; the certificate comes from the config only, and its
+    // Secret lives in another namespace, as a shared wildcard certificate often does.
+    api.apply(kube_api::ingress(
+        "prod",
+        "shop",
+        Some("canaryd"),
+        &[("www.shop.example", "/", "shop", "http")],
+    ));
+    api.apply(tls_secret_named(dir.path(), "one", "certs", "shop-tls", false));
+
+    let yaml = Canaryd::config(
+        "kubernetes: { namespace: prod, canary_routes: false }\ntls:\n  secrets:\n    - { hosts: [\"*.shop.example\"], secret: certs/shop-tls }\n",
+    )
+    .replace("listen: {", "listen: { https: \"127.0.0.1:0\",");
+    let proxy = Canaryd::start_kubernetes(&yaml, &kubeconfig);
+    let https = proxy.https.expect("https listener");
+    let served = || async { https_get(&ca, https, "www.shop.example", "/").await };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (leaf, response) = loop {
+        match served().await {
+            Ok(r) => break r,
+            Err(e) => assert!(Instant::now() < deadline, "no certificate served: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(leaf, first, "the configured Secret's certificate is served");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        proxy
+            .metric(r#"canaryd_certificate_expiry_seconds{cert="secret:certs/shop-tls"}"#)
+            .await
+            > 86_400.0
+    );
+
+    // The Secret is renewed: new handshakes get the new certificate.
+    api.apply(tls_secret_named(dir.path(), "two", "certs", "shop-tls", false));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while served().await.unwrap().0 != second {
+        assert!(Instant::now() < deadline, "the renewed Secret was not applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Only that Secret, by name, in its own namespace: a Role for it alone suffices.
+    let rbac = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac.yaml")).unwrap()
+        + "---\nkind: Role\nmetadata: {name: canaryd-tls, namespace: certs}\nrules:\n  - apiGroups: ['']\n    resources: [secrets]\n    resourceNames: [shop-tls]\n    verbs: [get, list, watch]\n";
     let refused = canary_tests::rbac::violations(&api.requests(), &rbac, "prod");
     assert!(refused.is_empty(), "not allowed:\n{}", refused.join("\n"));
 }
