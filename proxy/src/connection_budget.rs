@@ -43,6 +43,8 @@ pub struct ConnectionBudget {
     started: AtomicU64,
     completed: AtomicU64,
     cancelled: AtomicU32,
+    /// Every cancellation, counted even with the cancellation budget off (for idleness).
+    cancelled_total: AtomicU32,
     /// Set once, by the first budget to run out.
     spent: AtomicBool,
     cancelled_out: AtomicBool,
@@ -59,6 +61,7 @@ impl ConnectionBudget {
             started: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             cancelled: AtomicU32::new(0),
+            cancelled_total: AtomicU32::new(0),
             spent: AtomicBool::new(false),
             cancelled_out: AtomicBool::new(false),
             notify: Notify::new(),
@@ -87,6 +90,17 @@ impl ConnectionBudget {
         }
     }
 
+    /// True when no request is waiting for its answer and none started since the last
+    /// call's `last_started` (updated): the connection was idle for that whole period.
+    /// Answers still streaming their body do not count: closing gracefully lets them end.
+    pub fn idle_since(&self, last_started: &mut u64) -> bool {
+        let started = self.started.load(Ordering::Relaxed);
+        let finished = self.completed.load(Ordering::Relaxed) + u64::from(self.cancelled_total.load(Ordering::Relaxed));
+        let idle = started == *last_started && started == finished;
+        *last_started = started;
+        idle
+    }
+
     fn trip(&self) {
         if !self.spent.swap(true, Ordering::Relaxed) {
             self.notify.notify_one();
@@ -107,6 +121,7 @@ impl ConnectionBudget {
     }
 
     fn cancel(&self) {
+        self.cancelled_total.fetch_add(1, Ordering::Relaxed);
         if self.max_cancelled == 0 {
             return;
         }
@@ -252,6 +267,22 @@ mod tests {
         (&mut fut).await.unwrap();
         drop(fut);
         assert_eq!(spent(&budget).await, None);
+    }
+
+    #[tokio::test]
+    async fn idle_means_nothing_waiting_and_nothing_started_for_a_whole_period() {
+        let budget = ConnectionBudget::new(0, 0);
+        let (ready, never) = (budget.wrap(Ready), budget.wrap(Never));
+        let mut seen = 0;
+        assert!(budget.idle_since(&mut seen), "a fresh connection is idle");
+        ready.call(()).await.unwrap();
+        assert!(!budget.idle_since(&mut seen), "a request started in the period");
+        assert!(budget.idle_since(&mut seen), "nothing since");
+        let waiting = never.call(());
+        assert!(!budget.idle_since(&mut seen));
+        assert!(!budget.idle_since(&mut seen), "a request is still waiting");
+        drop(waiting);
+        assert!(budget.idle_since(&mut seen), "cancelled: nothing waits any more");
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -225,6 +226,7 @@ pub async fn serve<M, S, B>(
         let builder = builder.clone();
         let tls = tls.clone();
         let first_byte_timeout = opts.header_read_timeout;
+        let idle = opts.header_read_timeout;
         let cut = opts.cut.clone();
         let mut closing = closing_rx.clone();
         tokio::spawn(async move {
@@ -252,7 +254,7 @@ pub async fn serve<M, S, B>(
                     }
                     let stream = LingeringStream::new(stream);
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    drive(conn.into_owned(), closing, &budget, cut, peer).await
+                    drive(conn.into_owned(), closing, &budget, idle, cut, peer).await
                 }
                 Some(tls) => {
                     let handshake = tokio::select! {
@@ -275,7 +277,7 @@ pub async fn serve<M, S, B>(
                         }
                     };
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    drive(conn.into_owned(), closing, &budget, cut, peer).await
+                    drive(conn.into_owned(), closing, &budget, idle, cut, peer).await
                 }
             };
             if let Err(e) = result {
@@ -291,38 +293,69 @@ pub async fn serve<M, S, B>(
     }
 }
 
-/// Runs one connection to its end: at shutdown, or when it has carried its requests, it is
-/// closed gracefully (in-flight requests finish, at shutdown bounded by the drain in
-/// `serve`); when it spends its cancellation budget it is sent GOAWAY and dropped after
-/// [`CUT_GRACE`].
+/// Runs one connection to its end: at shutdown, when it has carried its requests, or when
+/// it has had no request for one to two `idle` periods, it is closed gracefully (in-flight
+/// requests finish, at shutdown bounded by the drain in `serve`); when it spends its
+/// cancellation budget it is sent GOAWAY and dropped after [`CUT_GRACE`].
+///
+/// hyper closes idle HTTP/1 connections itself; the idle check is what closes idle HTTP/2
+/// ones, which hyper would keep for ever, holding a slot of `max_connections`.
 async fn drive<C>(
     conn: C,
     closing: impl Future<Output = ()>,
     budget: &ConnectionBudget,
+    idle: Duration,
     cut: Option<prometheus::IntCounter>,
     peer: SocketAddr,
 ) -> Result<(), C::Error>
 where
     C: GracefulConnection,
 {
-    tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => result,
-        () = closing => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-        spent = budget.spent() => {
-            conn.as_mut().graceful_shutdown();
-            if spent == Spent::Requests {
+    tokio::pin!(conn, closing);
+    let spent = budget.spent();
+    tokio::pin!(spent);
+    // One timer per connection, no clock read per request: idleness is judged from the
+    // request counters at each tick.
+    let mut idle_check = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
+    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_started = 0;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => return result,
+            () = closing.as_mut() => {
+                conn.as_mut().graceful_shutdown();
                 return conn.await;
             }
-            if let Some(c) = &cut {
-                c.inc();
+            _ = idle_check.tick() => {
+                if budget.idle_since(&mut last_started) {
+                    conn.as_mut().graceful_shutdown();
+                    return conn.await;
+                }
             }
-            tracing::info!(%peer, "connection cancelled too many requests (HTTP/2 rapid reset?): closing it");
-            // Past the grace period the connection is dropped with whatever it still holds.
-            tokio::time::timeout(CUT_GRACE, conn).await.unwrap_or(Ok(()))
+            spent = spent.as_mut() => return cut_off(conn, spent, cut, peer).await,
         }
     }
+}
+
+/// Ends a connection that spent a budget: gracefully for its request budget, within
+/// [`CUT_GRACE`] for its cancellation budget.
+async fn cut_off<C>(
+    mut conn: Pin<&mut C>,
+    spent: Spent,
+    cut: Option<prometheus::IntCounter>,
+    peer: SocketAddr,
+) -> Result<(), C::Error>
+where
+    C: GracefulConnection,
+{
+    conn.as_mut().graceful_shutdown();
+    if spent == Spent::Requests {
+        return conn.await;
+    }
+    if let Some(c) = &cut {
+        c.inc();
+    }
+    tracing::info!(%peer, "connection cancelled too many requests (HTTP/2 rapid reset?): closing it");
+    // Past the grace period the connection is dropped with whatever it still holds.
+    tokio::time::timeout(CUT_GRACE, conn).await.unwrap_or(Ok(()))
 }

@@ -10,8 +10,7 @@
 //! with Transfer-Encoding is read as chunked, the length dropped and the connection closed
 //! (RFC 9112 §6.1; `content_length_with_transfer_encoding_never_desyncs` checks it) rather
 //! than refused; a bare LF ends a header line (RFC 9112 §2.2 allows it; the backend only
-//! ever sees our own serialisation); an idle HTTP/2 connection is not closed at
-//! `timeouts.idle` (hyper has no HTTP/2 idle timer yet).
+//! ever sees our own serialisation).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -1658,6 +1657,49 @@ async fn zero_window_readers_stall_alone() {
         "canaryd buffered {grown_kib} KiB for readers that read nothing"
     );
     drop(held);
+}
+
+/// An HTTP/2 connection with nothing to do is closed (GOAWAY) after one to two
+/// `timeouts.idle` periods, so idle h2 clients cannot hold connection slots for ever; one
+/// with a request waiting for its answer is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_h2_connections_are_closed_and_busy_ones_are_not() {
+    let (_backend, proxy) = setup("timeouts: { idle: 1s }\n").await;
+    let started = Instant::now();
+    let (idle, _) = h2f::handshake(proxy.addr).await;
+    let (busy, _) = h2f::handshake(proxy.addr).await;
+    let (idle_r, _idle_w) = idle.into_split();
+    let (busy_r, mut busy_w) = busy.into_split();
+    let (idle_seen, idle_reader) = h2f::spawn_reader(idle_r, started);
+    let (busy_seen, busy_reader) = h2f::spawn_reader(busy_r, started);
+    // Waits 3.5 s at the backend: more than three idle periods with a request in flight.
+    busy_w.write_all(&h2f::get(1, "app", "/sleep/3500")).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < deadline && !(idle_seen.lock().unwrap().cut() && busy_seen.lock().unwrap().headers == 1) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    idle_reader.abort();
+    busy_reader.abort();
+    let (idle_seen, busy_seen) = (
+        std::mem::take(&mut *idle_seen.lock().unwrap()),
+        std::mem::take(&mut *busy_seen.lock().unwrap()),
+    );
+    eprintln!("idle h2: {idle_seen:?}; busy h2: {busy_seen:?}");
+    let cut_at = idle_seen
+        .goaway_at
+        .or(idle_seen.closed_at)
+        .expect("the idle h2 connection was not closed");
+    assert!(
+        cut_at >= Duration::from_millis(900) && cut_at <= Duration::from_secs(4),
+        "idle connection closed after {cut_at:?}, not within one to two idle periods"
+    );
+    assert_eq!(busy_seen.headers, 1, "the waiting request was answered: {busy_seen:?}");
+    if let Some(at) = busy_seen.goaway_at {
+        assert!(
+            at >= Duration::from_millis(3400),
+            "GOAWAY at {at:?} while a request was still waiting for its answer"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
