@@ -12,7 +12,18 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConnection};
 
 /// A server config for `app.example` with a certificate signed by `alg`, and a client trusting it.
-fn configs(alg: &'static rcgen::SignatureAlgorithm) -> (Arc<rustls::ServerConfig>, Arc<ClientConfig>) {
+/// How the benchmark's client connects.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// TLS 1.3, no session resumption: every handshake does the full key exchange and signature.
+    Full13,
+    /// TLS 1.2, no session resumption.
+    Full12,
+    /// TLS 1.3 resuming with canaryd's session tickets, as a returning browser does.
+    Resumed13,
+}
+
+fn configs(alg: &'static rcgen::SignatureAlgorithm, mode: Mode) -> (Arc<rustls::ServerConfig>, Arc<ClientConfig>) {
     let key = rcgen::KeyPair::generate_for(alg).unwrap();
     let cert = rcgen::CertificateParams::new(vec!["app.example".to_string()])
         .unwrap()
@@ -28,11 +39,18 @@ fn configs(alg: &'static rcgen::SignatureAlgorithm) -> (Arc<rustls::ServerConfig
     resolver.store(CertSet::new(&[loaded], false));
     let mut roots = RootCertStore::empty();
     roots.add(CertificateDer::from(cert.der().to_vec())).unwrap();
-    let client = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
+    let versions: &[&rustls::SupportedProtocolVersion] = match mode {
+        Mode::Full12 => &[&rustls::version::TLS12],
+        Mode::Full13 | Mode::Resumed13 => &[&rustls::version::TLS13],
+    };
+    let mut client = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    if !matches!(mode, Mode::Resumed13) {
+        client.resumption = rustls::client::Resumption::disabled();
+    }
     (server_config(resolver), Arc::new(client))
 }
 
@@ -57,11 +75,17 @@ fn handshake(server: &Arc<rustls::ServerConfig>, client: &Arc<ClientConfig>) {
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("tls_handshake");
     group.throughput(Throughput::Elements(1));
-    for (name, alg) in [
-        ("ecdsa_p256", &rcgen::PKCS_ECDSA_P256_SHA256),
-        ("ed25519", &rcgen::PKCS_ED25519),
+    for (name, alg, mode) in [
+        ("ecdsa_p256/full_tls13", &rcgen::PKCS_ECDSA_P256_SHA256, Mode::Full13),
+        ("ecdsa_p256/full_tls12", &rcgen::PKCS_ECDSA_P256_SHA256, Mode::Full12),
+        (
+            "ecdsa_p256/resumed_tls13",
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            Mode::Resumed13,
+        ),
+        ("ed25519/full_tls13", &rcgen::PKCS_ED25519, Mode::Full13),
     ] {
-        let (server, client) = configs(alg);
+        let (server, client) = configs(alg, mode);
         group.bench_function(name, |b| b.iter(|| handshake(&server, &client)));
     }
     group.finish();
