@@ -600,7 +600,7 @@ async fn certificates_from_the_secrets_of_ingress_tls_sections_rotate_and_surviv
 
     // RBAC can be limited to the Secrets named: canaryd reads them by name only.
     let rbac = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac.yaml")).unwrap()
-        + "---\nkind: Role\nmetadata: {name: canaryd-tls, namespace: prod}\nrules:\n  - apiGroups: ['']\n    resources: [secrets]\n    resourceNames: [web-tls]\n    verbs: [get, list, watch]\n";
+        + "---\nkind: Role\nmetadata: {name: canaryd-tls, namespace: prod}\nrules:\n  - apiGroups: ['']\n    resources: [secrets]\n    resourceNames: [web-tls]\n    verbs: [list, watch]\n";
     let refused = canary_tests::rbac::violations(&api.requests(), &rbac, "prod");
     assert!(refused.is_empty(), "not allowed:\n{}", refused.join("\n"));
 }
@@ -669,7 +669,7 @@ async fn certificates_from_secrets_named_in_the_config_are_served_for_their_host
 
     // Only that Secret, by name, in its own namespace: a Role for it alone suffices.
     let rbac = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac.yaml")).unwrap()
-        + "---\nkind: Role\nmetadata: {name: canaryd-tls, namespace: certs}\nrules:\n  - apiGroups: ['']\n    resources: [secrets]\n    resourceNames: [shop-tls]\n    verbs: [get, list, watch]\n";
+        + "---\nkind: Role\nmetadata: {name: canaryd-tls, namespace: certs}\nrules:\n  - apiGroups: ['']\n    resources: [secrets]\n    resourceNames: [shop-tls]\n    verbs: [list, watch]\n";
     let refused = canary_tests::rbac::violations(&api.requests(), &rbac, "prod");
     assert!(refused.is_empty(), "not allowed:\n{}", refused.join("\n"));
 }
