@@ -209,7 +209,14 @@ fn client_config(verify: bool, roots: Option<RootCertStore>) -> Arc<ClientConfig
 /// `verify: false`: any certificate and name is accepted; the handshake signatures are still
 /// checked (that costs nothing and keeps the key exchange honest with the presented key).
 #[derive(Debug)]
-struct NoVerification(Arc<CryptoProvider>);
+pub struct NoVerification(Arc<CryptoProvider>);
+
+impl NoVerification {
+    /// A verifier checking signatures with `provider`'s algorithms and nothing else.
+    pub fn new(provider: Arc<CryptoProvider>) -> Self {
+        Self(provider)
+    }
+}
 
 impl ServerCertVerifier for NoVerification {
     fn verify_server_cert(

@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use canary_tests::{Backend, BackendHandle, Canaryd, Client};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A test CA that signs leaf certificates.
@@ -102,46 +100,6 @@ async fn https_get_via(
     Ok((leaf, String::from_utf8_lossy(&out).into_owned()))
 }
 
-/// Accepts any certificate chain for any name (the handshake signatures are still checked),
-/// so a handshake fails only when the server refuses it, never for a name mismatch.
-#[derive(Debug)]
-struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// A TLS handshake with SNI `host` by a client that trusts any certificate: the served
 /// leaf's DER, or the error (a refused handshake is `received fatal alert: ...`).
 async fn handshake_unverified(addr: SocketAddr, host: &str) -> Result<Vec<u8>, String> {
@@ -150,7 +108,7 @@ async fn handshake_unverified(addr: SocketAddr, host: &str) -> Result<Vec<u8>, S
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+        .with_custom_certificate_verifier(Arc::new(canary_proxy::upstream_tls::NoVerification::new(provider)))
         .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let name = ServerName::try_from(host.to_string()).unwrap();
