@@ -60,10 +60,7 @@ fn injection_shaped_names_hosts_and_paths_are_refused_with_their_field() {
             }
         }
     }
-    assert!(
-        error_paths(&route("name", "app-1")).is_empty(),
-        "a plain name is fine"
-    );
+    assert!(error_paths(&route("name", "app-1")).is_empty(), "a plain name is fine");
 }
 
 #[test]
