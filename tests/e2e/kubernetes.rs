@@ -645,6 +645,245 @@ async fn a_services_slices_are_merged_deduplicated_and_their_named_port_resolved
     assert_requests_allowed_and_listed(&api, "prod", "");
 }
 
+/// The route `app` of Service `app`'s EndpointSlices (port `http`) and nothing else from
+/// the cluster, so only discovery talks to the API server.
+fn discovery_only_config() -> String {
+    Canaryd::config(
+        "kubernetes: { namespace: prod, ingress_class: null, canary_routes: false }\nroutes:\n  - name: app\n    hosts: [app.example]\n    stable: { kubernetes: { service: app, port: http } }\n",
+    )
+}
+
+/// A real API outage (the server stops listening and cuts its connections): canaryd keeps
+/// serving the last known endpoints with no failed request, reports the variant as stale
+/// in `canaryd_discovery_stale_seconds` and in the route status, and when the server is
+/// back with a new endpoint set and its history compacted (so resuming the old watch gets
+/// 410 Gone) it re-lists: the new set is served and staleness is 0 again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_outage_keeps_the_last_endpoints_reports_staleness_and_relists() {
+    let api = KubeApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.write_kubeconfig(dir.path());
+    let (port, _pods) = pods(&["a", "b", "c"], 50).await;
+    let ip = |i: u8| format!("127.0.0.{i}");
+    let slice = |addresses: &[&str]| slice_with_ports("app-1", &[("http", port)], addresses);
+    api.apply(slice(&[&ip(50), &ip(51)]));
+    let proxy = Canaryd::start_kubernetes(&discovery_only_config(), &kubeconfig);
+    wait_ready(&proxy).await;
+    let client = Client::new();
+    wait_spread(&client, &proxy, "app.example", &["a", "b"], Duration::from_secs(5)).await;
+    const STALE: &str = r#"canaryd_discovery_stale_seconds{route="app",variant="stable"}"#;
+    // A healthy watch is not stale: without this the check below could pass on a gauge
+    // that is always above 0.
+    assert_eq!(proxy.metric(STALE).await, 0.0);
+    let (_, _, status) = admin_call(proxy.admin, "GET", "/api/v1/routes/app", &[], "").await;
+    assert_eq!(status["stable"]["discovery"]["stale_seconds"], json!(0.0), "{status}");
+
+    // The load runs through the whole outage and the switch to the new set; its limit is
+    // far above what it can send in that time (checked below), so it never runs dry early.
+    const LIMIT: usize = 400_000;
+    let load = Load::start(proxy.addr, "app.example", LIMIT);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    api.stop();
+    let down = Instant::now();
+
+    // Staleness counts from the first failed watch request; canaryd refreshes it on each
+    // (backed-off) retry and at least every 5 s. Waiting for a full second of it (not just
+    // above 0, which the first error already gives) shows it is a clock that keeps running
+    // while the server stays away, and makes the outage last that long under load.
+    let status = loop {
+        let (_, _, status) = admin_call(proxy.admin, "GET", "/api/v1/routes/app", &[], "").await;
+        if status["stable"]["discovery"]["stale_seconds"].as_f64().unwrap_or(0.0) >= 1.0 {
+            break status;
+        }
+        assert!(
+            down.elapsed() < Duration::from_secs(15),
+            "the route status never turned stale: {status}\n{}",
+            proxy.log().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stale_status = status["stable"]["discovery"]["stale_seconds"].as_f64().unwrap();
+    let stale_metric = proxy.metric(STALE).await;
+    // The gauge is set in the same recompose as the status, just before it.
+    assert!(
+        stale_metric >= 1.0,
+        "the route status is stale but the metric is {stale_metric}"
+    );
+    // The last known set stays published: both old endpoints are counted and served.
+    assert_eq!(status["stable"]["endpoints"], json!(2), "{status}");
+    let seen = spread(&client, &proxy, "app.example", &[], 100).await;
+    let mut reached: Vec<&str> = seen.keys().map(String::as_str).collect();
+    reached.sort_unstable();
+    assert_eq!(reached, ["a", "b"], "during the outage: {seen:?}");
+    eprintln!(
+        "API down {:?}: status stale_seconds {stale_status:.2}, metric {stale_metric:.2}",
+        down.elapsed()
+    );
+
+    // While down, a leaves and c joins; compacting makes canaryd's resourceVersion too old,
+    // so it cannot just resume the watch: it has to list again.
+    let lists_before = endpointslice_lists(&api);
+    api.apply(slice(&[&ip(51), &ip(52)]));
+    api.compact();
+    let outage = down.elapsed();
+    api.restart().await;
+    let took = wait_spread(&client, &proxy, "app.example", &["b", "c"], Duration::from_secs(30)).await;
+    let (sent, failed) = load.stop().await;
+    eprintln!(
+        "outage of {outage:?}; new set served {took:?} after the restart; {sent} requests under load, {failed} failed"
+    );
+    assert_eq!(failed, 0, "requests failed while the API server was away");
+    assert!(sent > 100, "the load ran ({sent})");
+    assert!(sent < LIMIT, "the load ran dry before the outage ended ({sent})");
+    assert!(
+        endpointslice_lists(&api) > lists_before,
+        "canaryd did not re-list the EndpointSlices after the outage"
+    );
+
+    // A successful re-list clears the staleness; the gauge is refreshed by the recompose
+    // after it, so poll briefly.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.metric(STALE).await != 0.0 {
+        assert!(Instant::now() < deadline, "staleness stayed above 0 after the re-list");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, _, status) = admin_call(proxy.admin, "GET", "/api/v1/routes/app", &[], "").await;
+    assert_eq!(status["stable"]["discovery"]["stale_seconds"], json!(0.0), "{status}");
+    assert_eq!(status["stable"]["discovery"]["synced"], json!(true), "{status}");
+    assert_eq!(status["stable"]["endpoints"], json!(2), "{status}");
+    assert_eq!(
+        proxy
+            .metric(r#"canaryd_discovery_synced{route="app",variant="stable"}"#)
+            .await,
+        1.0
+    );
+    assert_requests_allowed_and_listed(&api, "prod", "");
+}
+
+/// A config-file route with static endpoints and a CanaryRoute are served side by side by
+/// one canaryd. A CanaryRoute named like the file route is refused and reported (an error
+/// log line naming the clash, `canaryd_kubernetes_problems`), never merged: the file route
+/// keeps its endpoints and its state, the refused object's host is not served, its backend
+/// gets no request, and canaryd writes no status to it, not even when the file route's
+/// weight changes. Deleting the object clears the report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_routes_and_canary_routes_coexist_and_a_name_clash_is_refused() {
+    let api = KubeApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.write_kubeconfig(dir.path());
+    let file_stable = Backend::new("file-stable").start().await;
+    let file_canary = Backend::new("file-canary").start().await;
+    let web_stable = Backend::new("web-stable").start().await;
+    let web_canary = Backend::new("web-canary").start().await;
+    let impostor = Backend::new("impostor").start().await;
+    api.apply(kube_api::canary_route(
+        "prod",
+        "web",
+        canary_route_spec(&web_stable.endpoint(), &web_canary.endpoint()),
+    ));
+    let proxy = Canaryd::start_kubernetes(
+        &Canaryd::config(&format!(
+            "kubernetes: {{ namespace: prod, ingress_class: null }}\nroutes:\n  - name: files\n    hosts: [files.example]\n    stable: {{ endpoints: [\"{}\"] }}\n    canary: {{ endpoints: [\"{}\"] }}\n    weight: 0\n",
+            file_stable.endpoint(),
+            file_canary.endpoint()
+        )),
+        &kubeconfig,
+    );
+    wait_ready(&proxy).await;
+    let client = Client::new();
+
+    // Both served, each by its own backends.
+    wait_spread(
+        &client,
+        &proxy,
+        "files.example",
+        &["file-stable"],
+        Duration::from_secs(5),
+    )
+    .await;
+    wait_spread(&client, &proxy, WEB, &["web-stable"], Duration::from_secs(5)).await;
+    assert_eq!(route_status(&proxy).await["name"], json!("web"));
+    assert_eq!(proxy.metric("canaryd_kubernetes_problems").await, 0.0);
+
+    // Same name, other host and backend: a clash by name alone.
+    api.apply(kube_api::canary_route(
+        "prod",
+        "files",
+        json!({"hosts": ["impostor.example"], "stable": {"endpoints": [impostor.endpoint()]}, "weight": 0}),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.metric("canaryd_kubernetes_problems").await != 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the clash was not reported:\n{}",
+            proxy.log().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The log is JSON, so the quotes around the name are escaped.
+    assert!(
+        proxy.wait_log(
+            r#"CanaryRoute prod/files not served: a route named \"files\" already exists"#,
+            Duration::from_secs(1)
+        ),
+        "{}",
+        proxy.log().join("\n")
+    );
+
+    // The file route is unchanged: its static endpoint (no discovery), nothing of the
+    // refused object's, which gets no traffic and whose host is not served.
+    let (code, _, files) = admin_call(proxy.admin, "GET", "/api/v1/routes/files", &[], "").await;
+    assert_eq!(code, 200, "{files}");
+    assert_eq!(files["stable"]["endpoints"], json!(1), "{files}");
+    assert!(files["stable"].get("discovery").is_none(), "{files}");
+    let r = client.send(proxy.addr, "impostor.example", "/", &[]).await.unwrap();
+    assert_eq!(r.status, 404, "the refused CanaryRoute's host is served");
+    assert_eq!(
+        spread(&client, &proxy, "files.example", &[], 100).await,
+        HashMap::from([("file-stable".to_string(), 100)])
+    );
+    wait_spread(&client, &proxy, WEB, &["web-stable"], Duration::from_secs(1)).await;
+
+    // A weight change of the file route stays the file route's: served, and not written
+    // to the CanaryRoute of the same name.
+    let writes_before = api.requests().len();
+    let (code, _, body) = admin_call(
+        proxy.admin,
+        "PUT",
+        "/api/v1/routes/files/weight",
+        &[("content-type", "application/json")],
+        r#"{"percent": 50}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let seen = spread(&client, &proxy, "files.example", &[], 400).await;
+    let to_canary = *seen.get("file-canary").unwrap_or(&0) as f64;
+    let (lo, hi) = canary_tests::binomial_bounds(400, 0.5);
+    assert!((lo..=hi).contains(&to_canary), "{seen:?}");
+    assert_eq!(impostor.count(), 0, "the refused CanaryRoute's backend got requests");
+    // Give a stray status write time to arrive before checking there was none.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let object = api.get("canaryd.dev/v1alpha1", "CanaryRoute", "prod", "files").unwrap();
+    assert!(object.get("status").is_none_or(Value::is_null), "{object}");
+    assert_eq!(
+        count_requests(&api, writes_before, "PUT", "/canaryroutes/files/status")
+            + count_requests(&api, writes_before, "PATCH", "/canaryroutes/files/status"),
+        0
+    );
+
+    // The report goes with the object.
+    assert!(api
+        .delete("canaryd.dev/v1alpha1", "CanaryRoute", "prod", "files")
+        .is_some());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.metric("canaryd_kubernetes_problems").await != 0.0 {
+        assert!(Instant::now() < deadline, "the clash stayed reported after the delete");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(route_status(&proxy).await["name"], json!("web"));
+    assert_requests_allowed_and_listed(&api, "prod", "");
+}
+
 /// A `kubernetes.io/tls` Secret with a self-signed certificate for `host`.
 fn tls_secret(ns: &str, name: &str, host: &str) -> k8s_openapi::api::core::v1::Secret {
     let rcgen::CertifiedKey { cert, key_pair } = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
