@@ -304,7 +304,13 @@ async fn sni_alpn_versions_and_secure_cookies() {
         "expected a fatal alert, got {:?}",
         &buf[..n]
     );
-    let m = proxy.metrics().await;
+    // The alert reaches the client before canaryd's accept task has counted the failure.
+    let counted = Instant::now() + Duration::from_secs(5);
+    let mut m = proxy.metrics().await;
+    while !m.contains(r#"canaryd_tls_handshakes_total{result="incompatible"} 1"#) && Instant::now() < counted {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        m = proxy.metrics().await;
+    }
     assert!(
         m.contains(r#"canaryd_tls_handshakes_total{result="incompatible"} 1"#),
         "{m}"
