@@ -50,6 +50,8 @@ pub struct Limits {
     pub max_header_count: usize,
     /// Bytes of an HTTP/1 request line plus headers; more is a 431.
     pub max_header_bytes: usize,
+    /// Bytes of an HTTP/1 request line (method, target, version); more is a 414.
+    pub max_request_line_bytes: usize,
     /// Default request body limit of routes (0: none); more is a 413.
     pub max_body_bytes: u64,
     /// Concurrent HTTP/2 streams per connection.
@@ -135,6 +137,9 @@ pub struct Timeouts {
     pub response_header: Duration,
     /// Idle pooled upstream connections are closed after this; keep it below the backends' keep-alive timeout.
     pub upstream_idle: Duration,
+    /// A client's request headers must arrive within this, counted from the accept for the
+    /// first request and from its first byte for later ones.
+    pub header_read: Duration,
     /// Idle keep-alive connections (client side) are closed after this.
     pub idle: Duration,
     /// How long in-flight requests may run after a shutdown signal.

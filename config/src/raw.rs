@@ -80,6 +80,7 @@ pub(crate) struct RawLimits {
     pub max_connections: usize,
     pub max_header_count: usize,
     pub max_header_bytes: usize,
+    pub max_request_line_bytes: usize,
     pub max_body_bytes: u64,
     pub h2_max_concurrent_streams: u32,
     pub h2_max_header_list_bytes: u32,
@@ -95,6 +96,7 @@ impl Default for RawLimits {
             max_connections: 10_000,
             max_header_count: 100,
             max_header_bytes: 32 * 1024,
+            max_request_line_bytes: 8 * 1024,
             max_body_bytes: 0,
             h2_max_concurrent_streams: 100,
             h2_max_header_list_bytes: 32 * 1024,
@@ -172,6 +174,7 @@ pub(crate) struct RawTimeouts {
     pub connect: String,
     pub response_header: String,
     pub upstream_idle: String,
+    pub header_read: String,
     pub idle: String,
     pub drain: String,
 }
@@ -182,6 +185,7 @@ impl Default for RawTimeouts {
             connect: "2s".into(),
             response_header: "30s".into(),
             upstream_idle: "30s".into(),
+            header_read: "10s".into(),
             idle: "75s".into(),
             drain: "30s".into(),
         }

@@ -42,6 +42,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         connect: duration(&mut errs, "timeouts.connect", &t.connect),
         response_header: duration(&mut errs, "timeouts.response_header", &t.response_header),
         upstream_idle: duration(&mut errs, "timeouts.upstream_idle", &t.upstream_idle),
+        header_read: duration(&mut errs, "timeouts.header_read", &t.header_read),
         idle: duration(&mut errs, "timeouts.idle", &t.idle),
         drain: duration(&mut errs, "timeouts.drain", &t.drain),
     };
@@ -139,6 +140,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         max_connections: l.max_connections,
         max_header_count: l.max_header_count,
         max_header_bytes: l.max_header_bytes,
+        max_request_line_bytes: l.max_request_line_bytes,
         max_body_bytes: l.max_body_bytes,
         h2_max_concurrent_streams: l.h2_max_concurrent_streams,
         h2_max_header_list_bytes: l.h2_max_header_list_bytes,
@@ -153,6 +155,10 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         (
             "max_header_bytes",
             (8 * 1024..=1024 * 1024).contains(&limits.max_header_bytes),
+        ),
+        (
+            "max_request_line_bytes",
+            (1024..=limits.max_header_bytes).contains(&limits.max_request_line_bytes),
         ),
         ("h2_max_concurrent_streams", limits.h2_max_concurrent_streams >= 1),
         ("h2_max_header_list_bytes", limits.h2_max_header_list_bytes >= 1024),
@@ -169,7 +175,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         if !ok {
             errs.push(
                 format!("limits.{field}"),
-                "out of range (connections ≥ 1, header count 1..1000, header bytes 8 KiB..1 MiB, streams ≥ 1, header list ≥ 1 KiB, HTTP/2 windows 16 KiB..16 MiB with the connection's at least the stream's)",
+                "out of range (connections ≥ 1, header count 1..1000, header bytes 8 KiB..1 MiB, request line 1 KiB..header bytes, streams ≥ 1, header list ≥ 1 KiB, HTTP/2 windows 16 KiB..16 MiB with the connection's at least the stream's)",
             );
         }
     }

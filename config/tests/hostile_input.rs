@@ -77,6 +77,11 @@ fn connection_limits_out_of_range_name_the_field() {
             "limits.h2_connection_window_bytes",
         ),
         ("max_header_count: 0", "limits.max_header_count"),
+        ("max_request_line_bytes: 512", "limits.max_request_line_bytes"),
+        (
+            "max_header_bytes: 16384, max_request_line_bytes: 16385",
+            "limits.max_request_line_bytes",
+        ),
     ] {
         assert_eq!(error_paths(&with(limits)), vec![field.to_string()], "{limits}");
     }
@@ -87,4 +92,23 @@ fn connection_limits_out_of_range_name_the_field() {
     );
     let unknown = parse(&with("max_requests_per_conection: 5")).unwrap_err().to_string();
     assert!(unknown.contains("max_requests_per_conection"), "{unknown}");
+}
+
+#[test]
+fn header_read_timeout_is_read_and_checked() {
+    let with = |timeouts: &str| {
+        format!("timeouts: {{ {timeouts} }}\nroutes:\n  - name: app\n    stable: {{ endpoints: [\"10.0.0.1:80\"] }}\n")
+    };
+    let config = parse(&with("header_read: 3s, idle: 20s")).unwrap();
+    assert_eq!(config.timeouts.header_read, std::time::Duration::from_secs(3));
+    assert_eq!(config.timeouts.idle, std::time::Duration::from_secs(20));
+    let default = parse(&with("idle: 20s")).unwrap();
+    assert_eq!(default.timeouts.header_read, std::time::Duration::from_secs(10));
+    for bad in ["0s", "soon", "-1s"] {
+        assert_eq!(
+            error_paths(&with(&format!("header_read: {bad}"))),
+            ["timeouts.header_read"],
+            "{bad}"
+        );
+    }
 }

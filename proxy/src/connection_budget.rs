@@ -21,8 +21,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use http::Request;
 use hyper::service::Service;
 use tokio::sync::Notify;
+
+use crate::request_framing::FramingState;
 
 /// Why a connection's budget ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,11 +71,13 @@ impl ConnectionBudget {
         })
     }
 
-    /// Wraps a connection's service so each of its requests is counted here.
-    pub fn wrap<S>(self: &Arc<Self>, inner: S) -> Budgeted<S> {
+    /// Wraps a connection's service so each of its requests is counted here, and a request
+    /// whose head `framing` refused carries a [`crate::request_framing::RefusedHead`] extension.
+    pub fn wrap<S>(self: &Arc<Self>, inner: S, framing: Arc<FramingState>) -> Budgeted<S> {
         Budgeted {
             inner,
             budget: self.clone(),
+            framing,
         }
     }
 
@@ -90,15 +95,12 @@ impl ConnectionBudget {
         }
     }
 
-    /// True when no request is waiting for its answer and none started since the last
-    /// call's `last_started` (updated): the connection was idle for that whole period.
-    /// Answers still streaming their body do not count: closing gracefully lets them end.
-    pub fn idle_since(&self, last_started: &mut u64) -> bool {
+    /// Requests started and requests finished (answered or cancelled) so far. Answers still
+    /// streaming their body count as finished: closing gracefully lets them end.
+    pub fn progress(&self) -> (u64, u64) {
         let started = self.started.load(Ordering::Relaxed);
         let finished = self.completed.load(Ordering::Relaxed) + u64::from(self.cancelled_total.load(Ordering::Relaxed));
-        let idle = started == *last_started && started == finished;
-        *last_started = started;
-        idle
+        (started, finished)
     }
 
     fn trip(&self) {
@@ -107,13 +109,15 @@ impl ConnectionBudget {
         }
     }
 
-    fn start(&self) {
+    /// Counts a request in; returns its 1-based index on the connection.
+    fn start(&self) -> u64 {
         // Counted when the request is taken, so the close is decided before the next one
         // is read: the last request's answer carries `Connection: close`.
         let started = self.started.fetch_add(1, Ordering::Relaxed) + 1;
         if started == self.max_requests {
             self.trip();
         }
+        started
     }
 
     fn complete(&self) {
@@ -140,18 +144,22 @@ impl ConnectionBudget {
 pub struct Budgeted<S> {
     inner: S,
     budget: Arc<ConnectionBudget>,
+    framing: Arc<FramingState>,
 }
 
-impl<S, R> Service<R> for Budgeted<S>
+impl<S, B> Service<Request<B>> for Budgeted<S>
 where
-    S: Service<R>,
+    S: Service<Request<B>>,
 {
     type Response = S::Response;
     type Error = S::Error;
     type Future = Counted<S::Future>;
 
-    fn call(&self, req: R) -> Self::Future {
-        self.budget.start();
+    fn call(&self, mut req: Request<B>) -> Self::Future {
+        let n = self.budget.start();
+        if let Some(why) = self.framing.refused(n) {
+            req.extensions_mut().insert(why);
+        }
         Counted {
             inner: self.inner.call(req),
             budget: Some(self.budget.clone()),
@@ -199,11 +207,11 @@ mod tests {
     #[derive(Clone)]
     struct Never;
 
-    impl Service<()> for Never {
+    impl Service<Request<()>> for Never {
         type Response = ();
         type Error = Infallible;
         type Future = std::future::Pending<Result<(), Infallible>>;
-        fn call(&self, _: ()) -> Self::Future {
+        fn call(&self, _: Request<()>) -> Self::Future {
             std::future::pending()
         }
     }
@@ -211,13 +219,17 @@ mod tests {
     #[derive(Clone)]
     struct Ready;
 
-    impl Service<()> for Ready {
+    impl Service<Request<()>> for Ready {
         type Response = ();
         type Error = Infallible;
         type Future = std::future::Ready<Result<(), Infallible>>;
-        fn call(&self, _: ()) -> Self::Future {
+        fn call(&self, _: Request<()>) -> Self::Future {
             std::future::ready(Ok(()))
         }
+    }
+
+    fn req() -> Request<()> {
+        Request::new(())
     }
 
     async fn spent(b: &ConnectionBudget) -> Option<Spent> {
@@ -227,12 +239,12 @@ mod tests {
     #[tokio::test]
     async fn trips_when_cancellations_reach_the_limit_and_outnumber_completions() {
         let budget = ConnectionBudget::new(10, 0);
-        let svc = budget.wrap(Never);
+        let svc = budget.wrap(Never, FramingState::new());
         for _ in 0..9 {
-            drop(svc.call(()));
+            drop(svc.call(req()));
         }
         assert_eq!(spent(&budget).await, None, "9 of 10 must not trip");
-        drop(svc.call(()));
+        drop(svc.call(req()));
         assert_eq!(
             spent(&budget).await,
             Some(Spent::Cancelled),
@@ -243,15 +255,18 @@ mod tests {
     #[tokio::test]
     async fn completed_requests_buy_room_for_cancellations() {
         let budget = ConnectionBudget::new(10, 0);
-        let (ready, never) = (budget.wrap(Ready), budget.wrap(Never));
+        let (ready, never) = (
+            budget.wrap(Ready, FramingState::new()),
+            budget.wrap(Never, FramingState::new()),
+        );
         for _ in 0..50 {
-            ready.call(()).await.unwrap();
+            ready.call(req()).await.unwrap();
         }
         for _ in 0..50 {
-            drop(never.call(()));
+            drop(never.call(req()));
         }
         assert_eq!(spent(&budget).await, None, "50 cancelled of 100 must not trip");
-        drop(never.call(()));
+        drop(never.call(req()));
         assert_eq!(
             spent(&budget).await,
             Some(Spent::Cancelled),
@@ -262,35 +277,35 @@ mod tests {
     #[tokio::test]
     async fn a_resolved_future_dropped_later_is_not_a_cancellation() {
         let budget = ConnectionBudget::new(1, 0);
-        let svc = budget.wrap(Ready);
-        let mut fut = Box::pin(svc.call(()));
+        let svc = budget.wrap(Ready, FramingState::new());
+        let mut fut = Box::pin(svc.call(req()));
         (&mut fut).await.unwrap();
         drop(fut);
         assert_eq!(spent(&budget).await, None);
     }
 
     #[tokio::test]
-    async fn idle_means_nothing_waiting_and_nothing_started_for_a_whole_period() {
+    async fn progress_counts_started_and_finished_requests() {
         let budget = ConnectionBudget::new(0, 0);
-        let (ready, never) = (budget.wrap(Ready), budget.wrap(Never));
-        let mut seen = 0;
-        assert!(budget.idle_since(&mut seen), "a fresh connection is idle");
-        ready.call(()).await.unwrap();
-        assert!(!budget.idle_since(&mut seen), "a request started in the period");
-        assert!(budget.idle_since(&mut seen), "nothing since");
-        let waiting = never.call(());
-        assert!(!budget.idle_since(&mut seen));
-        assert!(!budget.idle_since(&mut seen), "a request is still waiting");
+        let (ready, never) = (
+            budget.wrap(Ready, FramingState::new()),
+            budget.wrap(Never, FramingState::new()),
+        );
+        assert_eq!(budget.progress(), (0, 0));
+        ready.call(req()).await.unwrap();
+        assert_eq!(budget.progress(), (1, 1));
+        let waiting = never.call(req());
+        assert_eq!(budget.progress(), (2, 1), "a request is still waiting");
         drop(waiting);
-        assert!(budget.idle_since(&mut seen), "cancelled: nothing waits any more");
+        assert_eq!(budget.progress(), (2, 2), "cancelled: nothing waits any more");
     }
 
     #[tokio::test]
     async fn limits_zero_never_trip() {
         let budget = ConnectionBudget::new(0, 0);
-        let svc = budget.wrap(Never);
+        let svc = budget.wrap(Never, FramingState::new());
         for _ in 0..1000 {
-            drop(svc.call(()));
+            drop(svc.call(req()));
         }
         assert_eq!(spent(&budget).await, None);
     }
@@ -298,12 +313,12 @@ mod tests {
     #[tokio::test]
     async fn the_request_budget_trips_when_the_nth_request_starts() {
         let budget = ConnectionBudget::new(100, 5);
-        let svc = budget.wrap(Ready);
+        let svc = budget.wrap(Ready, FramingState::new());
         for _ in 0..4 {
-            svc.call(()).await.unwrap();
+            svc.call(req()).await.unwrap();
         }
         assert_eq!(spent(&budget).await, None, "4 of 5 must not trip");
-        let fifth = svc.call(());
+        let fifth = svc.call(req());
         assert_eq!(
             spent(&budget).await,
             Some(Spent::Requests),

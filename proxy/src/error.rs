@@ -11,6 +11,8 @@ use crate::split::Variant;
 pub(crate) enum ProxyError {
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("request line too long")]
+    RequestLineTooLong,
     #[error("route {route}: request body larger than {limit} bytes")]
     TooLarge { route: Box<str>, limit: u64 },
     #[error("route {route}: the request body stalled")]
@@ -33,6 +35,7 @@ impl ProxyError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::RequestLineTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,

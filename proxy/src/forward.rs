@@ -22,6 +22,7 @@ use crate::endpoint::{Endpoint, InFlight};
 use crate::error::ProxyError;
 use crate::headers::{self, ClientInfo};
 use crate::metrics::{ProxyMetrics, UpstreamErrorReason};
+use crate::request_framing::RefusedHead;
 use crate::route::Route;
 use crate::routing_table::{Settings, TableHandle};
 use crate::split::Variant;
@@ -150,6 +151,15 @@ impl Proxy {
     /// Serves one request from a client connection.
     pub async fn handle(&self, req: Request<Incoming>, client: &ClientInfo) -> Response<ProxyBody> {
         let started = Instant::now();
+        if let Some(why) = req.extensions().get::<RefusedHead>() {
+            let mut resp = reply(match why {
+                RefusedHead::AmbiguousLength => ProxyError::BadRequest("both Content-Length and Transfer-Encoding"),
+                RefusedHead::RequestLineTooLong => ProxyError::RequestLineTooLong,
+            });
+            // Nothing more is read from this connection (the scanner stopped at this head).
+            resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+            return resp;
+        }
         // The one snapshot load of this request; the guard is dropped before any await.
         let (route, settings, decision) = {
             let table = self.0.table.load();

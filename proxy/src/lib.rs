@@ -14,6 +14,7 @@ mod forward;
 mod headers;
 mod linger;
 mod metrics;
+mod request_framing;
 mod route;
 mod routing_table;
 mod server;

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 
 use crate::connection_budget::{ConnectionBudget, Spent};
 use crate::linger::LingeringStream;
+use crate::request_framing::{FramingState, Phase, ScannedStream, Scanner};
 
 /// How long a connection told to go away for spending its cancellation budget may take to
 /// finish what it has before it is dropped.
@@ -27,8 +28,11 @@ const CUT_GRACE: Duration = Duration::from_secs(1);
 /// Connection-level settings of a listener.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// Time to receive a request's headers, and the idle limit between keep-alive requests.
+    /// Time to receive an HTTP/1 request's headers: from the accept for the first request,
+    /// from its first byte for later ones.
     pub header_read_timeout: Duration,
+    /// How long a connection may wait for its next request with nothing in flight.
+    pub idle_timeout: Duration,
     /// How long in-flight requests may run after the shutdown signal.
     pub drain: Duration,
     /// Open connections allowed; more are closed at once and counted in `shed`.
@@ -37,6 +41,8 @@ pub struct ServeOptions {
     pub max_header_count: usize,
     /// HTTP/1 read buffer, which bounds the request line plus headers (more: 431).
     pub max_header_bytes: usize,
+    /// HTTP/1 request line bytes (more: 414).
+    pub max_request_line_bytes: usize,
     /// HTTP/2 concurrent streams per connection.
     pub h2_max_concurrent_streams: u32,
     /// HTTP/2 header list bytes.
@@ -62,11 +68,13 @@ impl ServeOptions {
     pub fn public(config: &canary_config::Config) -> Self {
         let l = &config.limits;
         Self {
-            header_read_timeout: config.timeouts.idle,
+            header_read_timeout: config.timeouts.header_read,
+            idle_timeout: config.timeouts.idle,
             drain: config.timeouts.drain,
             max_connections: l.max_connections,
             max_header_count: l.max_header_count,
             max_header_bytes: l.max_header_bytes,
+            max_request_line_bytes: l.max_request_line_bytes,
             h2_max_concurrent_streams: l.h2_max_concurrent_streams,
             h2_max_header_list_bytes: l.h2_max_header_list_bytes,
             h2_max_cancelled_streams: l.h2_max_cancelled_streams,
@@ -82,10 +90,12 @@ impl ServeOptions {
     pub fn internal(drain: Duration) -> Self {
         Self {
             header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
             drain,
             max_connections: 1_024,
             max_header_count: 100,
             max_header_bytes: 64 * 1024,
+            max_request_line_bytes: 64 * 1024,
             h2_max_concurrent_streams: 100,
             h2_max_header_list_bytes: 64 * 1024,
             h2_max_cancelled_streams: 100,
@@ -177,7 +187,9 @@ pub async fn serve<M, S, B>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout)
+        // Both the header-read and the idle timeout are run by `drive`, each on its own:
+        // hyper's one timer would start at the end of the previous response.
+        .header_read_timeout(None)
         .max_headers(opts.max_header_count)
         .max_buf_size(opts.max_header_bytes.max(8 * 1024));
     builder
@@ -219,14 +231,21 @@ pub async fn serve<M, S, B>(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "TCP_NODELAY not set");
         }
+        let accepted = tokio::time::Instant::now();
         let budget = ConnectionBudget::new(opts.h2_max_cancelled_streams, opts.max_requests_per_connection);
-        let service = budget.wrap(make_service(peer));
+        let framing = FramingState::new();
+        let scanner = Scanner::new(framing.clone(), opts.max_request_line_bytes, opts.max_header_bytes);
+        let service = budget.wrap(make_service(peer), framing.clone());
         // Held until the connection ends, so the drain below waits for it.
         let drain_token = graceful.watcher();
         let builder = builder.clone();
         let tls = tls.clone();
         let first_byte_timeout = opts.header_read_timeout;
-        let idle = opts.header_read_timeout;
+        let timers = Timers {
+            accepted,
+            header_read: opts.header_read_timeout,
+            idle: opts.idle_timeout,
+        };
         let cut = opts.cut.clone();
         let mut closing = closing_rx.clone();
         tokio::spawn(async move {
@@ -252,9 +271,9 @@ pub async fn serve<M, S, B>(
                         },
                         () = before_first_request => return,
                     }
-                    let stream = LingeringStream::new(stream);
+                    let stream = ScannedStream::new(LingeringStream::new(stream), scanner);
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    drive(conn.into_owned(), closing, &budget, idle, cut, peer).await
+                    drive(conn.into_owned(), closing, &budget, &framing, timers, cut, peer).await
                 }
                 Some(tls) => {
                     let handshake = tokio::select! {
@@ -276,8 +295,9 @@ pub async fn serve<M, S, B>(
                             return;
                         }
                     };
+                    let stream = ScannedStream::new(stream, scanner);
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    drive(conn.into_owned(), closing, &budget, idle, cut, peer).await
+                    drive(conn.into_owned(), closing, &budget, &framing, timers, cut, peer).await
                 }
             };
             if let Err(e) = result {
@@ -293,18 +313,32 @@ pub async fn serve<M, S, B>(
     }
 }
 
-/// Runs one connection to its end: at shutdown, when it has carried its requests, or when
-/// it has had no request for one to two `idle` periods, it is closed gracefully (in-flight
-/// requests finish, at shutdown bounded by the drain in `serve`); when it spends its
-/// cancellation budget it is sent GOAWAY and dropped after [`CUT_GRACE`].
+/// A connection's client-side timers.
+#[derive(Debug, Clone, Copy)]
+struct Timers {
+    accepted: tokio::time::Instant,
+    header_read: Duration,
+    idle: Duration,
+}
+
+/// Runs one connection to its end: at shutdown, or when it has carried its requests, it is
+/// closed gracefully (in-flight requests finish, at shutdown bounded by the drain in
+/// `serve`); when it spends its cancellation budget it is sent GOAWAY and dropped after
+/// [`CUT_GRACE`]. While it waits on its client with nothing in flight, an HTTP/1 request
+/// head has `header_read` to arrive (from the accept for the first, from the end of the
+/// last answer or the head's first byte for later ones: then it is dropped), and a
+/// connection with no request started has `idle` (then it is closed gracefully; HTTP/2
+/// gets GOAWAY, which hyper would never send by itself).
 ///
-/// hyper closes idle HTTP/1 connections itself; the idle check is what closes idle HTTP/2
-/// ones, which hyper would keep for ever, holding a slot of `max_connections`.
+/// One timer per connection, ticking at half the shorter timeout, and no clock read per
+/// request: a timeout fires when nothing changed for it over whole ticks, between 1 and
+/// 1.5 times its length after the last change.
 async fn drive<C>(
     conn: C,
     closing: impl Future<Output = ()>,
     budget: &ConnectionBudget,
-    idle: Duration,
+    framing: &FramingState,
+    timers: Timers,
     cut: Option<prometheus::IntCounter>,
     peer: SocketAddr,
 ) -> Result<(), C::Error>
@@ -314,11 +348,13 @@ where
     tokio::pin!(conn, closing);
     let spent = budget.spent();
     tokio::pin!(spent);
-    // One timer per connection, no clock read per request: idleness is judged from the
-    // request counters at each tick.
-    let mut idle_check = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
-    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_started = 0;
+    let period = (timers.header_read.min(timers.idle) / 2).max(Duration::from_millis(50));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // What was seen at the last change, and when it was first seen.
+    let mut seen = (framing.phase().1, budget.progress());
+    let mut since = timers.accepted;
+    let mut closed_idle = false;
     loop {
         tokio::select! {
             result = conn.as_mut() => return result,
@@ -326,10 +362,32 @@ where
                 conn.as_mut().graceful_shutdown();
                 return conn.await;
             }
-            _ = idle_check.tick() => {
-                if budget.idle_since(&mut last_started) {
+            now = tick.tick() => {
+                let (phase, changes) = framing.phase();
+                let now_seen = (changes, budget.progress());
+                if now_seen != seen {
+                    (seen, since) = (now_seen, now);
+                    continue;
+                }
+                let (started, finished) = now_seen.1;
+                if started != finished {
+                    // A request in flight: the proxy's own timeouts govern it.
+                    continue;
+                }
+                let waited = now.saturating_duration_since(since);
+                let head_wait = phase == Phase::InHead || (phase == Phase::BetweenRequests && started == 0);
+                if head_wait && waited >= timers.header_read {
+                    tracing::debug!(%peer, ?waited, "request headers too slow: closing");
+                    return Ok(());
+                }
+                if !head_wait && waited >= timers.idle {
+                    if closed_idle {
+                        // Told to close an idle period ago and still open: drop it.
+                        return Ok(());
+                    }
                     conn.as_mut().graceful_shutdown();
-                    return conn.await;
+                    closed_idle = true;
+                    since = now;
                 }
             }
             spent = spent.as_mut() => return cut_off(conn, spent, cut, peer).await,

@@ -29,6 +29,25 @@ pub fn bin_dir() -> PathBuf {
         // With canary-tests in the selection the features match `cargo test -p canary-tests`,
         // so this build does not undo that one (and the other way round).
         cmd.args(["build", "-q", "-p", "canary-control", "-p", "canary-tests", "--bins"]);
+        // Cargo sets these for the test process; a build script that watches one (ring
+        // watches CARGO_MANIFEST_DIR) would see it change and rebuild half the tree here,
+        // and again in the next outer `cargo` run.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("CARGO_PKG_")
+                || key.starts_with("CARGO_BIN_")
+                || matches!(
+                    &*key,
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                )
+            {
+                cmd.env_remove(&*key);
+            }
+        }
         if release {
             cmd.arg("--release");
         }
