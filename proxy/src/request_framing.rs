@@ -576,4 +576,152 @@ mod tests {
         }
         assert_eq!(s.partial, b"X-Slow: abc");
     }
+
+    /// One request of a generated connection.
+    #[derive(Debug, Clone)]
+    enum Framing {
+        None,
+        Length(usize),
+        Chunked(Vec<usize>, bool),
+    }
+
+    /// Body bytes that look like requests, so a scanner that lost the framing would see
+    /// a refused head in them.
+    const DECOY: &[u8] = b"\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+    fn body(n: usize) -> Vec<u8> {
+        DECOY.iter().copied().cycle().take(n).collect()
+    }
+
+    fn serialise(reqs: &[(Framing, bool)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, (framing, bare_lf)) in reqs.iter().enumerate() {
+            let eol: &[u8] = if *bare_lf { b"\n" } else { b"\r\n" };
+            let line = |out: &mut Vec<u8>, text: &str| {
+                out.extend_from_slice(text.as_bytes());
+                out.extend_from_slice(eol);
+            };
+            line(&mut out, &format!("POST /r{i} HTTP/1.1"));
+            line(&mut out, "Host: a");
+            match framing {
+                Framing::None => {}
+                Framing::Length(n) => line(&mut out, &format!("Content-Length: {n}")),
+                Framing::Chunked(..) => line(&mut out, "Transfer-Encoding: chunked"),
+            }
+            line(&mut out, "X-Pad: upgrade content-length");
+            line(&mut out, "");
+            match framing {
+                Framing::None => {}
+                Framing::Length(n) => out.extend_from_slice(&body(*n)),
+                Framing::Chunked(chunks, trailer) => {
+                    for (j, c) in chunks.iter().enumerate() {
+                        let ext = if j % 2 == 1 { ";name=v" } else { "" };
+                        out.extend_from_slice(format!("{c:x}{ext}\r\n").as_bytes());
+                        out.extend_from_slice(&body(*c));
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    out.extend_from_slice(b"0\r\n");
+                    if *trailer {
+                        out.extend_from_slice(b"X-Trailer: t\r\n");
+                    }
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+        }
+        out
+    }
+
+    fn framing() -> impl proptest::strategy::Strategy<Value = (Framing, bool)> {
+        use proptest::prelude::*;
+        (
+            prop_oneof![
+                Just(Framing::None),
+                (0usize..3000).prop_map(Framing::Length),
+                (proptest::collection::vec(1usize..700, 0..5), any::<bool>()).prop_map(|(c, t)| Framing::Chunked(c, t)),
+            ],
+            any::<bool>(),
+        )
+    }
+
+    /// hyper reads the same connection through the scanner: every request is served, none
+    /// is refused, and the scanner counts exactly hyper's requests, at any split of the input.
+    fn agrees_with_hyper(reqs: Vec<(Framing, bool)>, cuts: Vec<usize>) {
+        use http_body_util::BodyExt;
+        use tokio::io::AsyncWriteExt;
+
+        let input = serialise(&reqs);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (client, server) = tokio::io::duplex(1 << 20);
+            let state = FramingState::new();
+            let stream = ScannedStream::new(server, Scanner::new(state.clone(), 8 * 1024, 32 * 1024));
+            let served = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let (svc_state, svc_served) = (state.clone(), served.clone());
+            let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let (state, served) = (svc_state.clone(), svc_served.clone());
+                async move {
+                    let n = served.lock().unwrap().len() as u64 + 1;
+                    let refused = state.refused(n);
+                    let path = req.uri().path().to_owned();
+                    let len = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes().len())
+                        .unwrap_or(usize::MAX);
+                    served.lock().unwrap().push((path, len, refused));
+                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+                }
+            });
+            // Half-close on: the client's EOF right after its last request must not cancel it.
+            let conn = hyper::server::conn::http1::Builder::new()
+                .half_close(true)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let server = tokio::spawn(conn);
+            let (mut rd, mut wr) = tokio::io::split(client);
+            let drain = tokio::spawn(async move {
+                let mut sink = Vec::new();
+                let _ = tokio::io::AsyncReadExt::read_to_end(&mut rd, &mut sink).await;
+            });
+            let mut at = 0;
+            for cut in cuts {
+                let end = (at + cut).min(input.len());
+                wr.write_all(&input[at..end]).await.unwrap();
+                wr.flush().await.unwrap();
+                tokio::task::yield_now().await;
+                at = end;
+            }
+            wr.write_all(&input[at..]).await.unwrap();
+            wr.shutdown().await.unwrap();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
+            drain.abort();
+            let served = served.lock().unwrap().clone();
+            assert_eq!(served.len(), reqs.len(), "hyper served {served:?}");
+            for (i, ((path, len, refused), (framing, _))) in served.iter().zip(&reqs).enumerate() {
+                assert_eq!(path, &format!("/r{i}"));
+                assert_eq!(*refused, None, "request {i} refused");
+                let want = match framing {
+                    Framing::None => 0,
+                    Framing::Length(n) => *n,
+                    Framing::Chunked(c, _) => c.iter().sum(),
+                };
+                assert_eq!(*len, want, "request {i} body");
+            }
+            assert_eq!(state.phase().0, Phase::BetweenRequests);
+        });
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
+        #[test]
+        fn scanner_frames_requests_as_hyper_does(
+            reqs in proptest::collection::vec(framing(), 1..6),
+            cuts in proptest::collection::vec(1usize..400, 0..12),
+        ) {
+            agrees_with_hyper(reqs, cuts);
+        }
+    }
 }
