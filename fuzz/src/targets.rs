@@ -486,7 +486,7 @@ async fn start_h1(seen: Arc<Mutex<HashMap<IpAddr, u32>>>) -> SocketAddr {
 
     let yaml = format!(
         r#"
-timeouts: {{ connect: 1s, response_header: 2s, idle: 2s, drain: 1s }}
+timeouts: {{ connect: 1s, response_header: 2s, header_read: 2s, idle: 2s, drain: 1s }}
 limits: {{ max_header_count: 24, max_header_bytes: 8192, max_body_bytes: 64 }}
 routes:
   - name: app
