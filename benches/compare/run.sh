@@ -277,9 +277,9 @@ start_proxy() { # target
         STABLE_PORT="$STABLE_PORT" CANARY_PORT="$CANARY_PORT"
       "$CANARYD_BIN" check --config "$dir/canaryd.yaml" >"$dir/check.log" 2>&1 ||
         die "canaryd rejects $dir/canaryd.yaml: $(cat "$dir/check.log")"
-      # canaryd builds a multi-thread tokio runtime with the default worker count;
-      # TOKIO_WORKER_THREADS=1 makes it one worker, like nginx's and HAProxy's one.
-      launch canaryd env TOKIO_WORKER_THREADS=1 taskset -c "$PROXY_CPU" "$CANARYD_BIN" run --config "$dir/canaryd.yaml"
+      # --threads 1: one single-threaded runtime, like nginx's one worker and HAProxy's
+      # nbthread 1 (the default is a work-stealing runtime with one worker per CPU).
+      launch canaryd taskset -c "$PROXY_CPU" "$CANARYD_BIN" run --threads 1 --config "$dir/canaryd.yaml"
       wait_ready canaryd "http://127.0.0.1:$CND_PORT/"
       ;;
   esac

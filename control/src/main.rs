@@ -37,6 +37,10 @@ enum Command {
         /// Kubeconfig for running outside the cluster (default: in-cluster config, or $KUBECONFIG).
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
+        /// Threads serving traffic: 0 = one per CPU (a work-stealing runtime); 1 = one
+        /// single-threaded runtime, the cheapest per request when one core is all it gets.
+        #[arg(long, env = "CANARYD_THREADS", default_value_t = 0)]
+        threads: usize,
     },
     /// Print the CanaryRoute CustomResourceDefinition (YAML) to apply to a cluster.
     Crd,
@@ -74,7 +78,8 @@ fn main() -> ExitCode {
             reset_state,
             mode,
             kubeconfig,
-        } => tokio_main(async move {
+            threads,
+        } => tokio_main(threads, async move {
             let loaded = config_file::load(&config)?;
             let opts = runtime::RunOptions {
                 file: Some((config, loaded.text)),
@@ -88,11 +93,14 @@ fn main() -> ExitCode {
             canary_percent,
             listen,
             admin_listen,
-        } => tokio_main(demo::run(demo::DemoOptions {
-            canary_percent,
-            listen,
-            admin_listen,
-        })),
+        } => tokio_main(
+            0,
+            demo::run(demo::DemoOptions {
+                canary_percent,
+                listen,
+                admin_listen,
+            }),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -104,11 +112,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn tokio_main(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(fut)
+/// Runs `fut` on a runtime of `threads` workers (0: one per CPU, or `TOKIO_WORKER_THREADS`).
+fn tokio_main(threads: usize, fut: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let mut builder = match threads {
+        // No work stealing, no cross-thread wake-ups: every task runs where it was woken.
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    builder.enable_all().build()?.block_on(fut)
 }
 
 fn check(path: &std::path::Path) -> ExitCode {

@@ -68,14 +68,32 @@ fn ip_key(ip: IpAddr) -> UserKey<'static> {
 
 /// A cookie's value from the request's `Cookie` headers, without allocating.
 pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.trim().trim_matches('"'))
+    // Byte-level: `to_str` leaves only visible ASCII, space and tab, where `trim` and
+    // `trim_ascii` agree, and every slice taken at an ASCII byte is a valid str.
+    for value in headers.get_all(COOKIE) {
+        let Ok(text) = value.to_str() else { continue };
+        let mut rest = text.as_bytes();
+        loop {
+            let (pair, next) = match memchr::memchr(b';', rest) {
+                Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+                None => (rest, None),
+            };
+            let pair = pair.trim_ascii();
+            if let Some(eq) = memchr::memchr(b'=', pair) {
+                if &pair[..eq] == name.as_bytes() {
+                    let v = pair[eq + 1..].trim_ascii();
+                    let start = v.iter().position(|&b| b != b'"').unwrap_or(v.len());
+                    let end = v.iter().rposition(|&b| b != b'"').map_or(start, |i| i + 1);
+                    return std::str::from_utf8(&v[start..end]).ok();
+                }
+            }
+            match next {
+                Some(n) => rest = n,
+                None => break,
+            }
+        }
+    }
+    None
 }
 
 /// An existing cookie is kept when it is 1..=128 URL-safe characters; anything else is replaced.
@@ -165,6 +183,35 @@ mod tests {
             h.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
         h
+    }
+
+    /// The straightforward reading `cookie` must agree with.
+    fn cookie_by_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+        headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.trim().trim_matches('"'))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn cookie_agrees_with_the_str_reading(
+            values in proptest::collection::vec(proptest::collection::vec(proptest::sample::select(
+                b"ab=; \t\"x\x80\xff".to_vec()), 0..24), 1..4),
+            name in proptest::sample::select(vec!["a", "b", "ab", "", "x"]),
+        ) {
+            let mut h = HeaderMap::new();
+            for v in &values {
+                if let Ok(v) = HeaderValue::from_bytes(v) {
+                    h.append(COOKIE, v);
+                }
+            }
+            proptest::prop_assert_eq!(cookie(&h, name), cookie_by_str(&h, name));
+        }
     }
 
     #[test]

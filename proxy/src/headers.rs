@@ -103,23 +103,58 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
+/// The index in [`HOP_BY_HOP`] of a (lower-case) header name, told apart by length first.
+fn hop_by_hop_index(name: &str) -> Option<usize> {
+    let i = match (name.len(), name) {
+        (10, "connection") => 0,
+        (10, "keep-alive") => 1,
+        (16, "proxy-connection") => 2,
+        (18, "proxy-authenticate") => 3,
+        (19, "proxy-authorization") => 4,
+        (2, "te") => 5,
+        (7, "trailer") => 6,
+        (17, "transfer-encoding") => 7,
+        (7, "upgrade") => 8,
+        _ => return None,
+    };
+    debug_assert_eq!(HOP_BY_HOP[i].as_str(), name);
+    Some(i)
+}
+
 /// Removes hop-by-hop headers and every header named in `Connection`.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Vec::new does not allocate; only a Connection header naming extra headers pays.
-    let mut named: Vec<HeaderName> = Vec::new();
-    for token in connection_tokens(headers) {
-        if HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(token)) || token.eq_ignore_ascii_case("close") {
-            continue;
-        }
-        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-            named.push(name);
+    // One pass of cheap name comparisons finds which are present, so the common request
+    // (none of them) pays no hashed lookup, and a response pays only for those it has.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name.as_str()) {
+            present |= 1 << i;
         }
     }
-    for name in named {
-        headers.remove(name);
+    if present == 0 {
+        return;
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    // HOP_BY_HOP[0] is Connection: the headers it names go too.
+    if present & 1 != 0 {
+        // Vec::new does not allocate; only a Connection header naming extra headers pays.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for token in connection_tokens(headers) {
+            if HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(token)) || token.eq_ignore_ascii_case("close")
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
+            }
+        }
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -179,6 +214,16 @@ pub(crate) fn set_forwarding(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_index_knows_every_name() {
+        for (i, h) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(h.as_str()), Some(i));
+        }
+        for other in ["host", "x-upgrade", "connections", "t", "cookie", "content-length"] {
+            assert_eq!(hop_by_hop_index(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn strips_hop_by_hop_and_connection_named() {
