@@ -95,7 +95,6 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
 
     let pool = PoolOptions {
         connect_timeout: config.timeouts.connect,
-        idle_timeout: config.timeouts.upstream_idle,
     };
     let shed = prometheus::IntCounterVec::new(
         prometheus::Opts::new(

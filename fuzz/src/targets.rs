@@ -519,7 +519,6 @@ routes:
         metrics,
         canary_proxy::PoolOptions {
             connect_timeout: config.timeouts.connect,
-            idle_timeout: config.timeouts.upstream_idle,
         },
     );
     let opts = canary_proxy::ServeOptions::public(&config);

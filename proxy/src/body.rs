@@ -1,4 +1,5 @@
-//! The response body streamed to the client, holding its endpoint's in-flight count until done.
+//! The response body streamed to the client, holding its endpoint's in-flight count and its
+//! connection until done.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,20 +10,45 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::endpoint::InFlight;
+use crate::upstream_pool::UpstreamConn;
 
-/// An upstream response body that releases the endpoint's in-flight slot when it ends or is dropped.
+/// An upstream response body that releases the endpoint's in-flight slot when it ends or is
+/// dropped, and gives its connection back to the pool when it was read to its end.
 #[derive(Debug)]
 pub struct TrackedBody {
     inner: Incoming,
     in_flight: Option<InFlight>,
+    /// `None` once released, or for a connection that must not be reused.
+    conn: Option<UpstreamConn>,
 }
 
 impl TrackedBody {
-    pub(crate) fn new(inner: Incoming, in_flight: InFlight) -> Self {
+    pub(crate) fn new(inner: Incoming, in_flight: InFlight, conn: Option<UpstreamConn>) -> Self {
         Self {
             inner,
             in_flight: Some(in_flight),
+            conn,
         }
+    }
+
+    /// Ends the request's hold on the endpoint; the connection is pooled when `complete`
+    /// (anything less leaves it mid-response, and it closes).
+    fn release(&mut self, complete: bool) {
+        let conn = self.conn.take();
+        if let Some(in_flight) = self.in_flight.take() {
+            if let (true, Some(conn)) = (complete, conn) {
+                in_flight.checkin(conn);
+            }
+        }
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        // The server stops polling once the length says the body is done, so an end seen
+        // only through `is_end_stream` is as complete as one seen through `poll_frame`.
+        let complete = self.inner.is_end_stream();
+        self.release(complete);
     }
 }
 
@@ -32,8 +58,10 @@ impl Body for TrackedBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            self.in_flight = None;
+        match polled {
+            Poll::Ready(None) => self.release(true),
+            Poll::Ready(Some(Err(_))) => self.release(false),
+            _ => {}
         }
         polled
     }

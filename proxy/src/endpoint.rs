@@ -10,16 +10,20 @@ use std::time::{Duration, Instant};
 use http::uri::{Authority, Scheme};
 use http::Uri;
 
+use crate::upstream_pool::{UpstreamConn, UpstreamPool};
+
 /// An upstream address with its load and health counters.
 #[derive(Debug)]
 pub struct Endpoint {
     authority: Authority,
-    /// Reached over TLS (`https://`): the variant has `tls:`.
-    https: bool,
     in_flight: AtomicU32,
     consecutive_failures: AtomicU32,
     /// Milliseconds since [`epoch`] until which the endpoint is skipped; 0 = healthy.
     down_until_ms: AtomicU64,
+    /// `scheme://authority`, what the connector dials.
+    connect_uri: Uri,
+    /// Idle keep-alive connections to it.
+    pool: UpstreamPool,
 }
 
 impl Endpoint {
@@ -30,12 +34,20 @@ impl Endpoint {
 
     /// A fresh endpoint reached over HTTPS when `https`.
     pub(crate) fn with_scheme(authority: &str, https: bool) -> Result<Self, http::uri::InvalidUri> {
+        let authority: Authority = authority.parse()?;
+        let connect_uri = Uri::builder()
+            .scheme(if https { Scheme::HTTPS } else { Scheme::HTTP })
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .expect("scheme, valid authority and / make a URI");
         Ok(Self {
-            authority: authority.parse()?,
-            https,
+            authority,
             in_flight: AtomicU32::new(0),
             consecutive_failures: AtomicU32::new(0),
             down_until_ms: AtomicU64::new(0),
+            connect_uri,
+            pool: UpstreamPool::default(),
         })
     }
 
@@ -44,17 +56,15 @@ impl Endpoint {
         &self.authority
     }
 
-    /// The upstream URI for a request path.
-    pub(crate) fn uri(&self, path_and_query: Option<&http::uri::PathAndQuery>) -> Result<Uri, http::Error> {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(if self.https { Scheme::HTTPS } else { Scheme::HTTP });
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(
-            path_and_query
-                .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-        );
-        Ok(Uri::from_parts(parts)?)
+    /// `http://host:port` or `https://host:port`: what a connection is opened to.
+    pub(crate) fn connect_uri(&self) -> &Uri {
+        &self.connect_uri
+    }
+
+    /// Its idle keep-alive connections.
+    #[inline]
+    pub(crate) fn pool(&self) -> &UpstreamPool {
+        &self.pool
     }
 
     /// Requests currently sent to this endpoint and not finished.
@@ -107,6 +117,11 @@ pub(crate) struct InFlight(std::sync::Arc<Endpoint>);
 impl InFlight {
     pub(crate) fn endpoint(&self) -> &Endpoint {
         &self.0
+    }
+
+    /// Gives `conn` back to this endpoint's pool (its response was read to the end).
+    pub(crate) fn checkin(&self, conn: UpstreamConn) {
+        crate::upstream_pool::checkin(&self.0, conn);
     }
 }
 

@@ -8,14 +8,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{CONNECTION, HOST, SET_COOKIE, UPGRADE};
 use http::request::Parts;
-use http::uri::PathAndQuery;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Empty, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
+use tower_service::Service as _;
 
 use crate::body::{BodyStalled, IdleBody, TrackedBody};
 use crate::endpoint::{Endpoint, InFlight};
@@ -26,13 +25,12 @@ use crate::request_framing::RefusedHead;
 use crate::route::Route;
 use crate::routing_table::{Settings, TableHandle};
 use crate::split::Variant;
+use crate::upstream_pool::{self, SendError, UpstreamConn};
 use crate::upstream_tls::{TlsHandshakeError, UpstreamTls};
 
 /// Body sent upstream: the client's stream (cut at the route's size limit), or nothing on
 /// a replayed attempt.
 pub type UpstreamBody = Either<Limited<IdleBody>, Empty<Bytes>>;
-/// The one pooled HTTP/1.1 client shared by every route.
-pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
 /// Body sent to the client: the upstream's stream, or the proxy's own short answer.
 pub type ProxyBody = Either<TrackedBody, Full<Bytes>>;
 
@@ -42,17 +40,16 @@ pub struct Proxy(Arc<Inner>);
 
 struct Inner {
     table: TableHandle,
-    client: UpstreamClient,
+    /// Opens plain-HTTP upstream connections (each endpoint pools its own).
+    connector: HttpConnector,
     metrics: ProxyMetrics,
 }
 
-/// Upstream connection pool settings.
+/// How upstream connections are opened.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolOptions {
     /// TCP connect timeout.
     pub connect_timeout: Duration,
-    /// Idle pooled connections are closed after this (keep it below the backends' keep-alive timeout).
-    pub idle_timeout: Duration,
 }
 
 /// How a request was answered, for the counters.
@@ -87,17 +84,6 @@ pub(crate) fn http_connector(connect_timeout: Duration) -> HttpConnector {
     connector
 }
 
-/// An HTTP/1.1 client with a keep-alive pool over `connector`.
-pub(crate) fn pooled_client<C>(connector: C, idle_timeout: Duration) -> Client<C, UpstreamBody>
-where
-    C: hyper_util::client::legacy::connect::Connect + Clone,
-{
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(idle_timeout)
-        .build(connector)
-}
-
 /// The request's `Content-Length`, when there is exactly one valid one.
 fn content_length(headers: &http::HeaderMap) -> Option<u64> {
     let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
@@ -121,10 +107,14 @@ fn chain_has<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'stati
 }
 
 impl Proxy {
-    /// A proxy serving from `table` with one shared upstream pool.
+    /// A proxy serving from `table`, opening upstream connections as `pool` says.
     pub fn new(table: TableHandle, metrics: ProxyMetrics, pool: PoolOptions) -> Self {
-        let client = pooled_client(http_connector(pool.connect_timeout), pool.idle_timeout);
-        Self(Arc::new(Inner { table, client, metrics }))
+        let connector = http_connector(pool.connect_timeout);
+        Self(Arc::new(Inner {
+            table,
+            connector,
+            metrics,
+        }))
     }
 
     /// The service for one accepted connection from `peer` (`tls` when it came over TLS).
@@ -266,17 +256,14 @@ impl Proxy {
         // Only a request with no body and no side effects can go to a second endpoint.
         let replay =
             (is_idempotent(&parts.method) && body.is_end_stream() && client_upgrade.is_none() && eps.len() > 1)
-                .then(|| (parts.method.clone(), parts.headers.clone()));
-        let path = parts.uri.path_and_query().cloned();
+                .then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
 
         let Some(first) = eps.pick(None) else {
             return no_endpoints(variant);
         };
         let tls = eps.tls();
-        let mut outcome = self
-            .exchange(first, tls, parts, Either::Left(body), path.as_ref(), settings)
-            .await;
-        if let (Err(failure @ (Failure::Connect | Failure::Tls)), Some((method, headers))) = (&outcome, replay) {
+        let mut outcome = self.exchange(first, tls, parts, Either::Left(body), settings).await;
+        if let (Err(failure @ (Failure::Connect | Failure::Tls)), Some((method, uri, headers))) = (&outcome, replay) {
             let reason = if matches!(failure, Failure::Tls) {
                 UpstreamErrorReason::Tls
             } else {
@@ -286,10 +273,11 @@ impl Proxy {
             if let Some(second) = eps.pick(Some(first)) {
                 let (mut parts, ()) = Request::new(()).into_parts();
                 parts.method = method;
+                parts.uri = uri;
                 parts.headers = headers;
                 parts.version = Version::HTTP_11;
                 outcome = self
-                    .exchange(second, tls, parts, Either::Right(Empty::new()), path.as_ref(), settings)
+                    .exchange(second, tls, parts, Either::Right(Empty::new()), settings)
                     .await;
             }
         }
@@ -300,10 +288,12 @@ impl Proxy {
             upstream_error: false,
         };
         let response = match outcome {
-            Ok((mut resp, in_flight)) => {
+            Ok((mut resp, in_flight, conn)) => {
                 in_flight.endpoint().record_success();
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client_upgrade) = client_upgrade {
+                        // The connection becomes the tunnel: never back to the pool.
+                        drop(conn);
                         let upstream_upgrade = hyper::upgrade::on(&mut resp);
                         tokio::spawn(tunnel(client_upgrade, upstream_upgrade, in_flight));
                         let (parts, _) = resp.into_parts();
@@ -332,7 +322,9 @@ impl Proxy {
                     );
                 }
                 headers::strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, Either::Left(TrackedBody::new(body, in_flight)))
+                // A 101 that was not asked for leaves the connection in another protocol.
+                let conn = (parts.status != StatusCode::SWITCHING_PROTOCOLS).then_some(conn);
+                Response::from_parts(parts, Either::Left(TrackedBody::new(body, in_flight, conn)))
             }
             Err(failure) => {
                 let name = route.name.clone();
@@ -390,33 +382,46 @@ impl Proxy {
         &self,
         endpoint: &Arc<Endpoint>,
         tls: Option<&UpstreamTls>,
-        mut parts: Parts,
+        parts: Parts,
         body: UpstreamBody,
-        path: Option<&PathAndQuery>,
         settings: &Settings,
-    ) -> Result<(Response<Incoming>, InFlight), Failure> {
+    ) -> Result<(Response<Incoming>, InFlight, UpstreamConn), Failure> {
         let in_flight = endpoint.start();
-        parts.uri = endpoint.uri(path).map_err(|_| Failure::Protocol)?;
         let request = Request::from_parts(parts, body);
-        let response = match tls {
-            None => self.0.client.request(request),
-            Some(tls) => tls.client().request(request),
+        let idle = settings.upstream_idle_timeout;
+        let sent = match tls {
+            None => {
+                let connector = &self.0.connector;
+                let connect = || {
+                    let connecting = connector.clone().call(endpoint.connect_uri().clone());
+                    async move { connecting.await.map_err(Into::into) }
+                };
+                let send = upstream_pool::send(endpoint, 0, idle, request, connect);
+                tokio::time::timeout(settings.response_header_timeout, send).await
+            }
+            Some(tls) => {
+                let connect = || tls.connector().clone().call(endpoint.connect_uri().clone());
+                let send = upstream_pool::send(endpoint, tls.generation(), idle, request, connect);
+                tokio::time::timeout(settings.response_header_timeout, send).await
+            }
         };
-        match tokio::time::timeout(settings.response_header_timeout, response).await {
-            Ok(Ok(resp)) => Ok((resp, in_flight)),
-            Ok(Err(e)) if e.is_connect() => {
+        match sent {
+            Ok(Ok((resp, conn))) => Ok((resp, in_flight, conn)),
+            Ok(Err(SendError::Connect(e))) => {
                 // An endpoint whose handshake fails is as unusable as one that refuses connections.
                 endpoint.record_connect_failure(settings.health_failures, settings.health_cooloff);
-                if tls.is_some() && chain_has::<TlsHandshakeError>(&e) {
+                if tls.is_some() && chain_has::<TlsHandshakeError>(&*e) {
                     // Logged by the connector (a rate-limited warning says why).
                     return Err(Failure::Tls);
                 }
                 tracing::debug!(endpoint = %endpoint.authority(), error = %e, "upstream connect failed");
                 Err(Failure::Connect)
             }
-            Ok(Err(e)) if chain_has::<http_body_util::LengthLimitError>(&e) => Err(Failure::TooLarge),
-            Ok(Err(e)) if chain_has::<BodyStalled>(&e) => Err(Failure::BodyStalled),
-            Ok(Err(e)) => {
+            Ok(Err(SendError::Exchange(e))) if chain_has::<http_body_util::LengthLimitError>(&e) => {
+                Err(Failure::TooLarge)
+            }
+            Ok(Err(SendError::Exchange(e))) if chain_has::<BodyStalled>(&e) => Err(Failure::BodyStalled),
+            Ok(Err(SendError::Exchange(e))) => {
                 tracing::debug!(endpoint = %endpoint.authority(), error = ?e, "upstream exchange failed");
                 Err(Failure::Protocol)
             }
@@ -453,8 +458,15 @@ fn prepare_upstream_headers(parts: &mut Parts, client: &ClientInfo, variant: Var
         parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(UPGRADE, value);
     }
-    // Backends always get HTTP/1.1 framing generated by us.
+    // Backends always get HTTP/1.1 framing generated by us, with an origin-form target
+    // (HTTP/2 and absolute-form requests carry the authority in the URI).
     parts.version = Version::HTTP_11;
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
+    }
 }
 
 fn is_idempotent(method: &Method) -> bool {

@@ -20,11 +20,12 @@ mod routing_table;
 mod server;
 pub mod split;
 pub mod tls;
+mod upstream_pool;
 pub mod upstream_tls;
 pub mod window;
 
 pub use endpoint::Endpoint;
-pub use forward::{PoolOptions, Proxy, ProxyBody, UpstreamClient};
+pub use forward::{PoolOptions, Proxy, ProxyBody};
 pub use headers::ClientInfo;
 pub use metrics::{ProxyMetrics, VariantCounts};
 pub use route::Route;

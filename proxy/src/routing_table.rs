@@ -26,6 +26,9 @@ pub struct Settings {
     pub response_header_timeout: Duration,
     /// A request body that sends nothing for this long is abandoned (408).
     pub body_idle_timeout: Duration,
+    /// An upstream connection idle for this long is closed, not reused (keep it below the
+    /// backends' keep-alive timeout).
+    pub upstream_idle_timeout: Duration,
     /// Consecutive connect failures that take an endpoint out.
     pub health_failures: u32,
     /// How long an endpoint stays out.
@@ -181,6 +184,7 @@ impl RoutingTable {
             settings: Settings {
                 response_header_timeout: config.timeouts.response_header,
                 body_idle_timeout: config.timeouts.idle,
+                upstream_idle_timeout: config.timeouts.upstream_idle,
                 health_failures: config.passive_health.failures,
                 health_cooloff: config.passive_health.cooloff,
                 access_log: config.access_log,
@@ -190,15 +194,13 @@ impl RoutingTable {
             let mut set = |b: &canary_config::Backend, variant: &'static str| -> Result<EndpointSet, BuildError> {
                 let tls = match &b.tls {
                     None => None,
-                    Some(t) => Some(
-                        tls_clients
-                            .get(t, config.timeouts.connect, config.timeouts.upstream_idle)
-                            .map_err(|message| BuildError::UpstreamTls {
-                                route: r.name.clone(),
-                                variant,
-                                message,
-                            })?,
-                    ),
+                    Some(t) => Some(tls_clients.get(t, config.timeouts.connect).map_err(|message| {
+                        BuildError::UpstreamTls {
+                            route: r.name.clone(),
+                            variant,
+                            message,
+                        }
+                    })?),
                 };
                 let eps = b
                     .endpoints

@@ -1,13 +1,12 @@
-//! HTTPS to backends: a variant with `tls:` gets a rustls client config, a connector that
-//! does the handshake after the TCP connect, and a connection pool of its own.
+//! HTTPS to backends: a variant with `tls:` gets a rustls client config and a connector that
+//! does the handshake after the TCP connect.
 //!
 //! One [`UpstreamTls`] exists per distinct `(verify, ca, sni)` (and pool timeouts); it is built
 //! when a routing table is built and handed on to later tables while its settings and the CA
 //! file's bytes stay the same, so weight changes and reloads keep the pooled connections.
-//! Its own pool is what keeps connections apart: hyper-util's pool keys by scheme and
-//! authority only, so two variants that reach the same address with a different CA or SNI
-//! must not share one pool (nor a plain-HTTP variant to that address, which uses the proxy's
-//! shared plain pool).
+//! Connections stay apart by endpoint: an endpoint is shared only by variants that reach its
+//! address with the same TLS settings, and each client has a generation number, so the
+//! connections of a replaced client (a rotated CA) are never reused.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,8 +19,7 @@ use std::time::{Duration, Instant};
 
 use canary_config::{Config, FieldError};
 use http::Uri;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -30,22 +28,21 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::net::TcpStream;
 
-use crate::forward::{self, UpstreamBody};
+use crate::forward;
 
-/// The pooled client of one TLS setting.
-pub(crate) type TlsClient = Client<TlsConnector, UpstreamBody>;
-
-/// What a TLS client is built from: the variant's settings and the pool's timeouts.
-pub(crate) type ClientKey = (canary_config::UpstreamTls, Duration, Duration);
+/// What a TLS client is built from: the variant's settings and the connect timeout.
+pub(crate) type ClientKey = (canary_config::UpstreamTls, Duration);
 
 /// A log line for failed handshakes at most this often per TLS setting (the rest go to debug).
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// The client (config, connector, pool) of one variant TLS setting.
+/// The client (config and connector) of one variant TLS setting.
 pub(crate) struct UpstreamTls {
     /// The CA file's bytes it was built from, to notice a changed file on the next build.
     ca_pem: Option<Vec<u8>>,
-    client: TlsClient,
+    connector: TlsConnector,
+    /// Unique per client built (from 1; 0 is plain TCP): tags its pooled connections.
+    generation: u64,
 }
 
 impl std::fmt::Debug for UpstreamTls {
@@ -55,12 +52,21 @@ impl std::fmt::Debug for UpstreamTls {
 }
 
 impl UpstreamTls {
-    /// The pooled HTTPS client.
+    /// Opens connections: TCP, then the TLS handshake.
     #[inline]
-    pub(crate) fn client(&self) -> &TlsClient {
-        &self.client
+    pub(crate) fn connector(&self) -> &TlsConnector {
+        &self.connector
+    }
+
+    /// Tags the connections made by this client.
+    #[inline]
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 }
+
+/// The generation of the next [`UpstreamTls`] built.
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 
 /// Reads a CA file: PEM with at least one certificate, each usable as a trust anchor.
 pub fn load_ca(path: &Path) -> Result<(Vec<u8>, RootCertStore), String> {
@@ -134,9 +140,8 @@ impl<'a> TlsClients<'a> {
         &mut self,
         settings: &canary_config::UpstreamTls,
         connect_timeout: Duration,
-        idle_timeout: Duration,
     ) -> Result<Arc<UpstreamTls>, String> {
-        let key = (settings.clone(), connect_timeout, idle_timeout);
+        let key = (settings.clone(), connect_timeout);
         if let Some(t) = self.built.get(&key) {
             return Ok(t.clone());
         }
@@ -176,8 +181,9 @@ impl<'a> TlsClients<'a> {
                     tracing::info!(ca = ?settings.ca, "upstream CA file changed; new connections verify with it");
                 }
                 Arc::new(UpstreamTls {
-                    client: forward::pooled_client(TlsConnector::new(settings, roots, connect_timeout), idle_timeout),
+                    connector: TlsConnector::new(settings, roots, connect_timeout),
                     ca_pem: ca,
+                    generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
                 })
             }
         };
@@ -391,15 +397,8 @@ impl std::fmt::Display for TlsHandshakeError {
 
 impl std::error::Error for TlsHandshakeError {}
 
-/// An upstream TLS connection as hyper-util's pool wants it.
+/// An upstream TLS connection as hyper reads and writes it (ALPN offers http/1.1 only).
 pub(crate) struct TlsStream(TokioIo<tokio_rustls::client::TlsStream<TcpStream>>);
-
-impl Connection for TlsStream {
-    fn connected(&self) -> Connected {
-        // ALPN offers http/1.1 only, so the connection is never HTTP/2.
-        self.0.inner().get_ref().0.connected()
-    }
-}
 
 impl hyper::rt::Read for TlsStream {
     fn poll_read(
@@ -523,8 +522,8 @@ mod tests {
             .unwrap()
             .clone();
         assert!(!Arc::ptr_eq(&https, &plain));
-        assert_eq!(https.uri(None).unwrap().to_string(), "https://127.0.0.1:1/");
-        assert_eq!(plain.uri(None).unwrap().to_string(), "http://127.0.0.1:1/");
+        assert_eq!(https.connect_uri().to_string(), "https://127.0.0.1:1/");
+        assert_eq!(plain.connect_uri().to_string(), "http://127.0.0.1:1/");
 
         // A different SNI is a different client (and pool).
         let two = config(&ca, "b.internal");
@@ -541,6 +540,19 @@ mod tests {
         let c = build(&two, Some(&b)).unwrap();
         let rotated = client(&c, "app", Variant::Stable);
         assert_ne!(rotated, stable);
+        let generation = |t: &RoutingTable| {
+            t.route("app")
+                .unwrap()
+                .endpoints(Variant::Stable)
+                .tls()
+                .unwrap()
+                .generation()
+        };
+        assert_ne!(
+            generation(&c),
+            generation(&b),
+            "the old client's pooled connections are not reused"
+        );
         std::fs::remove_file(&ca).unwrap();
         let d = build(&two, Some(&c)).unwrap();
         assert_eq!(client(&d, "app", Variant::Stable), rotated);

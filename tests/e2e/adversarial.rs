@@ -2257,6 +2257,74 @@ async fn upstream_bytes_after_a_response_do_not_poison_the_pool() {
     }
 }
 
+/// A backend may answer an upload before reading it (`413` at the head). The connection then
+/// still carries the client's unfinished body: the next request must not wait behind it for a
+/// connection that only the uploader can free, but go on one of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_to_an_unfinished_upload_does_not_hold_up_the_next_request() {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let backend = raw_backend(move |mut s, heads| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            while let Some(head) = read_head(&mut s, &heads).await {
+                if head.starts_with("POST /upload ") {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 4\r\n\r\nbig!")
+                        .await;
+                    // Reads nothing more: the rest of the body stays on the wire.
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    return;
+                }
+                if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nwhole")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let top = "timeouts: { response_header: 2s, idle: 20s }\n";
+    let proxy = Canaryd::start(&Canaryd::config(&format!("{top}{}", app_route(&backend.endpoint()))));
+
+    // The uploader sends a head promising 1 MB and 1 KiB of it, then goes quiet.
+    let mut uploader = TcpStream::connect(proxy.addr).await.unwrap();
+    uploader
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 1000000\r\n\r\n")
+        .await
+        .unwrap();
+    uploader.write_all(&[b'x'; 1024]).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while find(&got, b"big!").is_none() {
+        match tokio::time::timeout(Duration::from_secs(5), uploader.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            other => panic!("no early answer to the upload: {other:?} after {}", show(&got)),
+        }
+    }
+    assert!(got.starts_with(b"HTTP/1.1 413"), "{}", show(&got));
+
+    for i in 0..3 {
+        let reply = Client::new()
+            .get(proxy.addr, "app", &format!("/next/{i}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (reply.status.as_u16(), reply.text().as_str()),
+            (200, "whole"),
+            "request {i} after the early answer"
+        );
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "the upload's connection, then one kept-alive connection for the rest"
+    );
+    drop(uploader);
+}
+
 // ---------------------------------------------------------------------------------------
 // h2 → h1 downgrade framing, seen as raw bytes by the backend.
 // ---------------------------------------------------------------------------------------
