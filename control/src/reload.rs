@@ -117,7 +117,7 @@ impl Reloader {
     }
 }
 
-/// Fields a reload cannot apply to live sockets or the shared upstream pool.
+/// Fields a reload cannot apply to live sockets or the plain-HTTP connector.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut fields = Vec::new();
     if old.listen != new.listen {
@@ -135,7 +135,6 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let (a, b) = (&old.timeouts, &new.timeouts);
     for (name, changed) in [
         ("timeouts.connect", a.connect != b.connect),
-        ("timeouts.upstream_idle", a.upstream_idle != b.upstream_idle),
         ("timeouts.idle", a.idle != b.idle),
         ("timeouts.drain", a.drain != b.drain),
     ] {

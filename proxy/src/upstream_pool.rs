@@ -30,7 +30,7 @@ pub(crate) struct UpstreamConn {
     /// The TLS client it was made with (0: plain TCP): a connection of a replaced client
     /// (a rotated CA) is never reused.
     generation: u64,
-    /// How long it may stay idle before it is closed rather than reused.
+    /// How long it may stay idle before the reaper closes it (the setting at its last use).
     idle_timeout: Duration,
 }
 
@@ -73,18 +73,21 @@ impl UpstreamPool {
         self.len.load(Ordering::Relaxed)
     }
 
-    /// An idle connection of `generation` that is still open and not idle for too long;
-    /// the others met on the way are closed.
-    fn checkout(&self, generation: u64) -> Option<UpstreamConn> {
+    /// An idle connection of `generation` that is still open and not idle for `idle_timeout`
+    /// (the current setting: a reload applies from each connection's next use); the others
+    /// met on the way are closed.
+    fn checkout(&self, generation: u64, idle_timeout: Duration) -> Option<UpstreamConn> {
         let mut now = None;
         while let Some(idle) = self.idle.pop() {
             self.len.fetch_sub(1, Ordering::SeqCst);
             let now = *now.get_or_insert_with(Instant::now);
             if idle.conn.generation == generation
                 && !idle.conn.sender.is_closed()
-                && now.saturating_duration_since(idle.since) < idle.conn.idle_timeout
+                && now.saturating_duration_since(idle.since) < idle_timeout
             {
-                return Some(idle.conn);
+                let mut conn = idle.conn;
+                conn.idle_timeout = idle_timeout;
+                return Some(conn);
             }
         }
         None
@@ -165,7 +168,7 @@ where
     F: std::future::Future<Output = Result<Io, Box<dyn std::error::Error + Send + Sync>>>,
     Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    while let Some(mut conn) = endpoint.pool().checkout(generation) {
+    while let Some(mut conn) = endpoint.pool().checkout(generation, idle_timeout) {
         // Not ready: the connection is still sending the last request's body (the backend
         // answered before reading it all). Waiting could take as long as the client's upload;
         // it is closed instead.
@@ -302,6 +305,17 @@ mod tests {
             "an expired connection is not reused"
         );
         checkin(&ep, conn);
+        // A shorter timeout (a reload) applies to connections already idle.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let conn = exchange(&ep, 0, Duration::from_millis(50)).await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            3,
+            "idle for longer than the new timeout"
+        );
+        drop(conn);
+        let conn = exchange(&ep, 0, idle).await;
+        checkin(&ep, conn);
         assert_eq!(ep.pool().idle(), 1);
         // The reaper runs every 150 ms and closes what is older than 300 ms.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -314,6 +328,7 @@ mod tests {
         let conn = exchange(&ep, 0, idle).await;
         checkin(&ep, conn);
         assert!(ep.pool().reaper.load(Ordering::SeqCst));
+        assert_eq!(accepted.load(Ordering::SeqCst), 5);
     }
 
     #[tokio::test]
