@@ -9,7 +9,7 @@ use crate::upstream_tls::UpstreamTls;
 #[derive(Debug, Default)]
 pub(crate) struct EndpointSet {
     endpoints: Box<[Arc<Endpoint>]>,
-    /// The variant's HTTPS client; `None`: plain HTTP through the proxy's shared pool.
+    /// The variant's HTTPS client; `None`: plain HTTP, connections opened by the proxy's connector.
     tls: Option<Arc<UpstreamTls>>,
 }
 

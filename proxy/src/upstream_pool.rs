@@ -5,7 +5,7 @@
 //! connection is only ever reused in a state where HTTP/1.1 framing says the next response is
 //! the next request's. It replaces hyper-util's legacy client, whose pool takes a mutex, hashes
 //! the scheme and authority, and spawns a task per request to wait for the connection to be
-//! idle again: about 7,000 instructions of a 46,000-instruction request.
+//! idle again (measured: 45,958 → 37,742 instructions per proxied request).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};

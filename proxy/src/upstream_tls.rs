@@ -1,7 +1,7 @@
 //! HTTPS to backends: a variant with `tls:` gets a rustls client config and a connector that
 //! does the handshake after the TCP connect.
 //!
-//! One [`UpstreamTls`] exists per distinct `(verify, ca, sni)` (and pool timeouts); it is built
+//! One [`UpstreamTls`] exists per distinct `(verify, ca, sni)` (and connect timeout); it is built
 //! when a routing table is built and handed on to later tables while its settings and the CA
 //! file's bytes stay the same, so weight changes and reloads keep the pooled connections.
 //! Connections stay apart by endpoint: an endpoint is shared only by variants that reach its
