@@ -10,10 +10,10 @@ use std::time::Duration;
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown};
+use hyper_util::server::graceful::GracefulShutdown;
 use prometheus::{IntCounterVec, Opts, Registry};
 use tokio::net::TcpListener;
 
@@ -24,6 +24,9 @@ use crate::request_framing::{FramingState, Phase, ScannedStream, Scanner};
 /// How long a connection told to go away for spending its cancellation budget may take to
 /// finish what it has before it is dropped.
 const CUT_GRACE: Duration = Duration::from_secs(1);
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4): a client with prior knowledge opens with it.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Connection-level settings of a listener.
 #[derive(Debug, Clone)]
@@ -183,22 +186,27 @@ pub async fn serve<M, S, B>(
     B: Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+    // One builder per protocol rather than hyper-util's `auto`: its connection reserves room
+    // for both protocols' state in every connection's task (≈ 9 KiB, most of it the HTTP/2
+    // side an HTTP/1 connection never uses). The protocol is known before serving: ALPN
+    // under TLS, the preface's first bytes (peeked) on plain TCP.
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
         // Both the header-read and the idle timeout are run by `drive`, each on its own:
         // hyper's one timer would start at the end of the previous response.
         .header_read_timeout(None)
         .max_headers(opts.max_header_count)
+        // The read buffer's cap alone is not a head limit: how far past it a head gets
+        // depends on how the bytes were split into reads. The head size check is exact.
+        .max_header_size(opts.max_header_bytes)
         .max_buf_size(opts.max_header_bytes.max(8 * 1024));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_concurrent_streams(opts.h2_max_concurrent_streams)
         .initial_stream_window_size(opts.h2_stream_window_bytes)
         .initial_connection_window_size(opts.h2_connection_window_bytes)
         .max_header_list_size(opts.h2_max_header_list_bytes);
+    let builders = std::sync::Arc::new((h1, h2));
     let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let graceful = GracefulShutdown::new();
     // Tells connections still before their first request (silent, or in the TLS handshake)
@@ -238,7 +246,7 @@ pub async fn serve<M, S, B>(
         let service = budget.wrap(make_service(peer), framing.clone());
         // Held until the connection ends, so the drain below waits for it.
         let drain_token = graceful.watcher();
-        let builder = builder.clone();
+        let builders = builders.clone();
         let tls = tls.clone();
         let first_byte_timeout = opts.header_read_timeout;
         let timers = Timers {
@@ -261,19 +269,25 @@ pub async fn serve<M, S, B>(
             };
             let result = match tls {
                 None => {
-                    // hyper-util waits for the first bytes (to tell h1 from h2) with no timer:
-                    // a silent connection would hold its slot for ever.
-                    let mut first = [0u8; 1];
-                    tokio::select! {
-                        peeked = tokio::time::timeout(first_byte_timeout, stream.peek(&mut first)) => match peeked {
-                            Ok(Ok(n)) if n > 0 => {}
+                    // The first bytes tell h1 from h2; a silent connection must not hold its
+                    // slot for ever waiting for them.
+                    let h2 = tokio::select! {
+                        sniffed = tokio::time::timeout(first_byte_timeout, opens_with_h2_preface(&stream)) => match sniffed {
+                            Ok(Ok(h2)) => h2,
                             _ => return,
                         },
                         () = before_first_request => return,
-                    }
+                    };
                     let stream = ScannedStream::new(LingeringStream::new(stream), scanner);
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    drive(conn.into_owned(), closing, &budget, &framing, timers, cut, peer).await
+                    let watch = ConnectionWatch {
+                        closing,
+                        budget: &budget,
+                        framing: &framing,
+                        timers,
+                        cut,
+                        peer,
+                    };
+                    serve_connection(stream, h2, &builders, service, watch).await
                 }
                 Some(tls) => {
                     let handshake = tokio::select! {
@@ -295,9 +309,17 @@ pub async fn serve<M, S, B>(
                             return;
                         }
                     };
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                     let stream = ScannedStream::new(stream, scanner);
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    drive(conn.into_owned(), closing, &budget, &framing, timers, cut, peer).await
+                    let watch = ConnectionWatch {
+                        closing,
+                        budget: &budget,
+                        framing: &framing,
+                        timers,
+                        cut,
+                        peer,
+                    };
+                    serve_connection(stream, h2, &builders, service, watch).await
                 }
             };
             if let Err(e) = result {
@@ -310,6 +332,64 @@ pub async fn serve<M, S, B>(
     tracing::info!(drain = ?opts.drain, "listener closed, draining in-flight requests");
     if tokio::time::timeout(opts.drain, graceful.shutdown()).await.is_err() {
         tracing::warn!("drain timeout reached with requests still in flight");
+    }
+}
+
+/// True when a plain-TCP client opens with the HTTP/2 preface (prior knowledge). Peeks, so
+/// hyper reads every byte again.
+async fn opens_with_h2_preface(stream: &tokio::net::TcpStream) -> std::io::Result<bool> {
+    let mut first = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut first).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if !H2_PREFACE.starts_with(&first[..n]) {
+            return Ok(false);
+        }
+        if n == first.len() {
+            return Ok(true);
+        }
+        // A part of the preface so far (a client writing it piecemeal, or an HTTP/1 head
+        // that starts like it): peek does not wait for more than it has seen, so wait a
+        // little before looking again. The caller's header-read timeout bounds this.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// What [`drive`] watches a connection with, besides the connection.
+struct ConnectionWatch<'a, F> {
+    closing: F,
+    budget: &'a ConnectionBudget,
+    framing: &'a FramingState,
+    timers: Timers,
+    cut: Option<prometheus::IntCounter>,
+    peer: SocketAddr,
+}
+
+/// Serves `io` with the builder of its protocol. The connection is boxed so that the
+/// connection's task holds the state of the one protocol it speaks.
+async fn serve_connection<I, S, B>(
+    io: I,
+    h2: bool,
+    builders: &(http1::Builder, http2::Builder<TokioExecutor>),
+    service: S,
+    watch: ConnectionWatch<'_, impl Future<Output = ()>>,
+) -> Result<(), hyper::Error>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let io = TokioIo::new(io);
+    if h2 {
+        let conn = Box::pin(builders.1.serve_connection(io, service));
+        drive(conn, |c| c.graceful_shutdown(), watch).await
+    } else {
+        let conn = Box::pin(builders.0.serve_connection(io, service).with_upgrades());
+        drive(conn, |c| c.graceful_shutdown(), watch).await
     }
 }
 
@@ -333,19 +413,23 @@ struct Timers {
 /// One timer per connection, ticking at half the shorter timeout, and no clock read per
 /// request: a timeout fires when nothing changed for it over whole ticks, between 1 and
 /// 1.5 times its length after the last change.
-async fn drive<C>(
-    conn: C,
-    closing: impl Future<Output = ()>,
-    budget: &ConnectionBudget,
-    framing: &FramingState,
-    timers: Timers,
-    cut: Option<prometheus::IntCounter>,
-    peer: SocketAddr,
-) -> Result<(), C::Error>
+async fn drive<C, E>(
+    mut conn: Pin<Box<C>>,
+    shut_down: fn(Pin<&mut C>),
+    watch: ConnectionWatch<'_, impl Future<Output = ()>>,
+) -> Result<(), E>
 where
-    C: GracefulConnection,
+    C: Future<Output = Result<(), E>>,
 {
-    tokio::pin!(conn, closing);
+    let ConnectionWatch {
+        closing,
+        budget,
+        framing,
+        timers,
+        cut,
+        peer,
+    } = watch;
+    tokio::pin!(closing);
     let spent = budget.spent();
     tokio::pin!(spent);
     let period = (timers.header_read.min(timers.idle) / 2).max(Duration::from_millis(50));
@@ -359,7 +443,7 @@ where
         tokio::select! {
             result = conn.as_mut() => return result,
             () = closing.as_mut() => {
-                conn.as_mut().graceful_shutdown();
+                shut_down(conn.as_mut());
                 return conn.await;
             }
             now = tick.tick() => {
@@ -385,28 +469,29 @@ where
                         // Told to close an idle period ago and still open: drop it.
                         return Ok(());
                     }
-                    conn.as_mut().graceful_shutdown();
+                    shut_down(conn.as_mut());
                     closed_idle = true;
                     since = now;
                 }
             }
-            spent = spent.as_mut() => return cut_off(conn, spent, cut, peer).await,
+            spent = spent.as_mut() => return cut_off(conn, shut_down, spent, cut, peer).await,
         }
     }
 }
 
 /// Ends a connection that spent a budget: gracefully for its request budget, within
 /// [`CUT_GRACE`] for its cancellation budget.
-async fn cut_off<C>(
-    mut conn: Pin<&mut C>,
+async fn cut_off<C, E>(
+    mut conn: Pin<Box<C>>,
+    shut_down: fn(Pin<&mut C>),
     spent: Spent,
     cut: Option<prometheus::IntCounter>,
     peer: SocketAddr,
-) -> Result<(), C::Error>
+) -> Result<(), E>
 where
-    C: GracefulConnection,
+    C: Future<Output = Result<(), E>>,
 {
-    conn.as_mut().graceful_shutdown();
+    shut_down(conn.as_mut());
     if spent == Spent::Requests {
         return conn.await;
     }
@@ -416,4 +501,44 @@ where
     tracing::info!(%peer, "connection cancelled too many requests (HTTP/2 rapid reset?): closing it");
     // Past the grace period the connection is dropped with whatever it still holds.
     tokio::time::timeout(CUT_GRACE, conn).await.unwrap_or(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// What `opens_with_h2_preface` says within 2 s of a client that writes `parts` with a
+    /// pause between them, then closes.
+    async fn sniff(parts: &[&[u8]]) -> Option<bool> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let parts: Vec<Vec<u8>> = parts.iter().map(|p| p.to_vec()).collect();
+        let client = tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.set_nodelay(true).unwrap();
+            for p in parts {
+                s.write_all(&p).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            // Closes: what was written stays readable.
+        });
+        let (server, _) = listener.accept().await.unwrap();
+        let sniffed = tokio::time::timeout(Duration::from_secs(2), opens_with_h2_preface(&server)).await;
+        client.await.unwrap();
+        sniffed.ok().map(|r| r.expect("peek works"))
+    }
+
+    #[tokio::test]
+    async fn only_the_whole_preface_means_http2() {
+        assert_eq!(sniff(&[H2_PREFACE]).await, Some(true));
+        let piecemeal: &[&[u8]] = &[b"PRI * HTTP/2.0\r\n", b"\r\nSM\r\n\r\n"];
+        assert_eq!(sniff(piecemeal).await, Some(true), "piecemeal");
+        assert_eq!(sniff(&[b"POST / HTTP/1.1\r\n"]).await, Some(false));
+        assert_eq!(sniff(&[b"P", b"UT / HTTP/1.1\r\n"]).await, Some(false));
+        let lookalike: &[&[u8]] = &[b"PRI * HTTP/1.1\r\n\r\n"];
+        assert_eq!(sniff(lookalike).await, Some(false), "an HTTP/1 head starting like it");
+        // Part of the preface and no more: undecided until the caller's header-read timeout.
+        assert_eq!(sniff(&[b"PRI * HTTP"]).await, None);
+    }
 }
