@@ -267,6 +267,14 @@ pub async fn serve<M, S, B>(
             let closing = async move {
                 let _gone = closing.wait_for(|c| *c).await;
             };
+            let watch = ConnectionWatch {
+                closing,
+                budget: &budget,
+                framing: &framing,
+                timers,
+                cut,
+                peer,
+            };
             let result = match tls {
                 None => {
                     // The first bytes tell h1 from h2; a silent connection must not hold its
@@ -279,14 +287,6 @@ pub async fn serve<M, S, B>(
                         () = before_first_request => return,
                     };
                     let stream = ScannedStream::new(LingeringStream::new(stream), scanner);
-                    let watch = ConnectionWatch {
-                        closing,
-                        budget: &budget,
-                        framing: &framing,
-                        timers,
-                        cut,
-                        peer,
-                    };
                     serve_connection(stream, h2, &builders, service, watch).await
                 }
                 Some(tls) => {
@@ -311,14 +311,6 @@ pub async fn serve<M, S, B>(
                     };
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                     let stream = ScannedStream::new(stream, scanner);
-                    let watch = ConnectionWatch {
-                        closing,
-                        budget: &budget,
-                        framing: &framing,
-                        timers,
-                        cut,
-                        peer,
-                    };
                     serve_connection(stream, h2, &builders, service, watch).await
                 }
             };
