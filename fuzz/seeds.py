@@ -61,6 +61,12 @@ for host, path in [
 ]:
     write("route_lookup", host.encode() + b"\0" + path.encode())
 
+# --- path: request targets (the normaliser's vector table and the e2e cases) -------------
+for path in re.findall(r'\("(/[^"]*|\*|public|)"', open(os.path.join(ROOT, "config/src/path.rs")).read()):
+    write("path", path.replace("\\\\", "\\"))
+for path in re.findall(r'"(/[^"]*)"', open(os.path.join(ROOT, "tests/e2e/paths.rs")).read()):
+    write("path", path.replace("\\\\", "\\"))
+
 # --- affinity: header lines ----------------------------------------------------------------
 for lines in [
     ["cookie: a=1; canary_id=abc-123", "cookie: b=2"],

@@ -45,5 +45,8 @@ echo "== benches/compare --smoke (the nginx/HAProxy harness, so it cannot rot; f
 CANARYD_BIN="$PWD/target/debug/canaryd" CANARYD_REV="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)-debug" \
   bash benches/compare/run.sh --smoke
 
+echo "== analysis-sim --quick (the analysis simulation of docs/analysis.md, so it cannot rot)"
+./target/debug/analysis-sim --quick >/dev/null
+
 echo "== cargo test (unit, end-to-end, benchmark smoke)"
 cargo test --workspace --all-targets --no-fail-fast

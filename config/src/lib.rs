@@ -5,6 +5,7 @@
 
 mod error;
 mod model;
+pub mod path;
 mod raw;
 mod validate;
 mod weight;
@@ -15,6 +16,7 @@ pub use model::{
     HeaderMatch, HostPattern, Hsts, KubeSource, KubeTarget, Kubernetes, Listen, Overrides, PassiveHealth, PortRef,
     PrometheusCheck, Route, State, Timeouts, Tls, UpstreamTls,
 };
+pub use path::{EncodedSlashes, PathError, PathOptions};
 pub use weight::{Weight, WeightError};
 
 /// Parses and validates a YAML config document, collecting every semantic error.

@@ -22,6 +22,8 @@ pub struct Config {
     pub tls: Tls,
     /// Limits that protect the proxy from hostile or broken clients.
     pub limits: Limits,
+    /// How request paths are normalised before routing.
+    pub paths: crate::PathOptions,
     /// Peers whose `X-Forwarded-For` / `Forwarded` are believed for `client_ip` affinity.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// One log line per request at info level.
@@ -180,6 +182,9 @@ pub struct Route {
     pub canary_only: bool,
     /// Also tell the client its variant in `x-canary-variant`.
     pub expose_variant: bool,
+    /// Forward the normalised path (else the client's own bytes, though the route was
+    /// chosen by the normalised one).
+    pub normalize_path: bool,
     /// The rollout plan used when a rollout is started without its own.
     pub rollout: RolloutPlan,
     /// Answer plain-HTTP requests with a redirect to HTTPS.
@@ -227,6 +232,15 @@ pub struct Analysis {
     pub significance: Option<f64>,
     /// Fail when the canary's p99 time to response headers is above this.
     pub max_latency_p99: Option<Duration>,
+    /// Fail when the canary's `latency_quantile` is more than this many percent above stable's.
+    pub max_latency_increase: Option<f64>,
+    /// The quantile of response times the latency increase rule compares (0.5..=0.999; default
+    /// the median, which shows a general slowdown soonest).
+    pub latency_quantile: f64,
+    /// With it, every rule is judged sequentially on all traffic since the rollout began, with
+    /// anytime-valid bounds: false aborts of a canary no worse than allowed stay below `alpha`
+    /// however long and often it is judged (see the control crate's `sequential` module).
+    pub alpha: Option<f64>,
     /// Consecutive failing judgements that abort the rollout.
     pub failures_before_abort: u32,
     /// POSTed a JSON body on abort.

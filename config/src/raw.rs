@@ -12,6 +12,7 @@ pub(crate) struct RawConfig {
     pub state: RawState,
     pub tls: RawTls,
     pub limits: RawLimits,
+    pub paths: RawPaths,
     pub trusted_proxies: Vec<String>,
     pub access_log: bool,
     pub kubernetes: RawKubernetes,
@@ -106,6 +107,29 @@ impl Default for RawLimits {
             max_requests_per_connection: 10_000,
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawPaths {
+    pub merge_slashes: bool,
+    pub encoded_slashes: RawEncodedSlashes,
+}
+
+impl Default for RawPaths {
+    fn default() -> Self {
+        Self {
+            merge_slashes: true,
+            encoded_slashes: RawEncodedSlashes::Keep,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawEncodedSlashes {
+    Keep,
+    Reject,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -231,6 +255,8 @@ pub(crate) struct RawRoute {
     pub canary_only: bool,
     #[serde(default)]
     pub expose_variant: bool,
+    #[serde(default = "yes")]
+    pub normalize_path: bool,
     #[serde(default)]
     pub rollout: Option<RawRollout>,
     #[serde(default)]
@@ -262,10 +288,21 @@ pub(crate) struct RawAnalysis {
     pub max_error_rate_increase: Option<f64>,
     pub significance: Option<f64>,
     pub max_latency_p99: Option<String>,
+    pub alpha: Option<f64>,
+    pub max_latency_increase: Option<RawPercent>,
+    pub latency_quantile: Option<f64>,
     #[serde(default = "default_failures")]
     pub failures_before_abort: u32,
     pub webhook: Option<String>,
     pub prometheus: Option<RawPrometheus>,
+}
+
+/// A percent written as a number (`20`) or with its sign (`"20%"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawPercent {
+    Number(f64),
+    Text(String),
 }
 
 fn default_window() -> String {
@@ -340,6 +377,10 @@ impl Default for RawOverride {
             cookie: Some("canary".into()),
         }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_prefix() -> String {

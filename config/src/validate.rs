@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::error::FieldError;
 use crate::model::*;
+use crate::path::{EncodedSlashes, PathOptions};
 use crate::raw::*;
 use crate::Weight;
 
@@ -209,6 +210,13 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         limits,
         trusted_proxies,
         access_log: raw.access_log,
+        paths: PathOptions {
+            merge_slashes: raw.paths.merge_slashes,
+            encoded_slashes: match raw.paths.encoded_slashes {
+                RawEncodedSlashes::Keep => EncodedSlashes::Keep,
+                RawEncodedSlashes::Reject => EncodedSlashes::Reject,
+            },
+        },
         routes,
     })
 }
@@ -263,6 +271,7 @@ fn route_body(
         overrides,
         canary_only: r.canary_only,
         expose_variant: r.expose_variant,
+        normalize_path: r.normalize_path,
         rollout,
         redirect_https: r.redirect_https,
         max_body_bytes: r.max_body_bytes.unwrap_or(default_max_body_bytes),
@@ -463,6 +472,41 @@ fn analysis(errs: &mut Errors, at: &str, raw: &RawAnalysis) -> Analysis {
         .max_latency_p99
         .as_ref()
         .map(|t| duration(errs, &format!("{at}.max_latency_p99"), t));
+    if let Some(alpha) = raw.alpha {
+        if !(alpha > 0.0 && alpha <= 0.2) {
+            errs.push(
+                format!("{at}.alpha"),
+                format!("{alpha} is not a false-abort rate between 0 and 0.2, e.g. 0.01"),
+            );
+        }
+    }
+    let max_latency_increase = raw.max_latency_increase.as_ref().and_then(|p| {
+        let value = match p {
+            RawPercent::Number(n) => Some(*n),
+            RawPercent::Text(t) => t.trim().strip_suffix('%').and_then(|n| n.trim().parse::<f64>().ok()),
+        };
+        match value {
+            Some(v) if v > 0.0 && v <= 1000.0 => Some(v),
+            _ => {
+                let shown = match p {
+                    RawPercent::Number(n) => n.to_string(),
+                    RawPercent::Text(t) => format!("{t:?}"),
+                };
+                errs.push(
+                    format!("{at}.max_latency_increase"),
+                    format!("{shown} is not a percent above 0 and at most 1000, e.g. 20 or \"20%\""),
+                );
+                None
+            }
+        }
+    });
+    let latency_quantile = raw.latency_quantile.unwrap_or(0.5);
+    if !(0.5..=0.999).contains(&latency_quantile) {
+        errs.push(
+            format!("{at}.latency_quantile"),
+            format!("{latency_quantile} is not a quantile between 0.5 and 0.999, e.g. 0.5 (the median) or 0.9"),
+        );
+    }
     if let Some(url) = &raw.webhook {
         if let Err(m) = http_url(url) {
             errs.push(format!("{at}.webhook"), m);
@@ -494,6 +538,9 @@ fn analysis(errs: &mut Errors, at: &str, raw: &RawAnalysis) -> Analysis {
         max_error_rate_increase,
         significance: raw.significance,
         max_latency_p99,
+        max_latency_increase,
+        latency_quantile,
+        alpha: raw.alpha,
         failures_before_abort: raw.failures_before_abort,
         webhook: raw.webhook.clone(),
         prometheus,
@@ -886,11 +933,16 @@ fn path_prefix(text: &str) -> Result<String, String> {
             "{text:?} contains {c:?}; a prefix is a plain path of letters, digits and / - . _ ~ : @ ! * + , ="
         ));
     }
-    if text.split('/').any(|seg| seg == ".." || seg == ".") {
-        return Err(format!("{text:?} contains a '.' or '..' segment"));
-    }
     let trimmed = text.trim_end_matches('/');
-    Ok(if trimmed.is_empty() { "/".into() } else { trimmed.into() })
+    let trimmed = if trimmed.is_empty() { "/" } else { trimmed };
+    // A prefix must be a request path's normal form, or no normalised request could match it.
+    match crate::path::normalize(trimmed, PathOptions::default()) {
+        Ok(normal) if normal == trimmed => Ok(trimmed.into()),
+        Ok(normal) => Err(format!(
+            "{text:?} is not a normalised path (no '.' or '..' segment, no '//'); write {normal:?}"
+        )),
+        Err(e) => Err(format!("{text:?}: {e}")),
+    }
 }
 
 pub(crate) fn endpoint(text: &str) -> Result<Endpoint, String> {

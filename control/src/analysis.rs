@@ -1,17 +1,22 @@
-//! Judging the canary against stable over the sliding window: pure functions, no I/O.
+//! Judging the canary against stable: pure functions, no I/O.
 //!
-//! Rules, each optional: the canary's 5xx share above `max_error_rate`; the canary's 5xx
-//! share above the stable's by more than `max_error_rate_increase` points (with
-//! `significance`, only when a one-sided two-proportion z-test says so); the canary's p99
-//! time to response headers above `max_latency_p99`; a PromQL value outside `max`/`min`.
-//! Fewer than `min_requests` canary responses, or an unreachable Prometheus, is
-//! inconclusive — never a pass.
+//! With `alpha` (sequential mode), every rule is judged on all traffic since the rollout began
+//! with anytime-valid bounds ([`crate::sequential`]): judged every second, a canary no worse
+//! than allowed is aborted with probability at most `alpha`. Without it (threshold mode), each
+//! rule is a threshold on the sliding window: the canary's 5xx share above `max_error_rate`;
+//! above the stable's by more than `max_error_rate_increase` points (with `significance`, only
+//! when a one-sided two-proportion z-test says so); its `latency_quantile` more than
+//! `max_latency_increase` percent above stable's; its p99 above `max_latency_p99`. Fewer than
+//! `min_requests` canary responses is inconclusive there. A PromQL value outside `max`/`min`
+//! fails in both modes, an unreachable Prometheus is inconclusive — never a pass.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use canary_config::Analysis;
+use canary_proxy::running::Totals;
 use canary_proxy::window::WindowTotals;
+
+use crate::sequential::{self, Check, Decision};
 use serde::{Deserialize, Serialize};
 
 /// Which rule failed: the `reason` label of `canaryd_rollbacks_total`.
@@ -24,6 +29,8 @@ pub enum Rule {
     ErrorRateIncrease,
     /// Canary p99 latency too high.
     Latency,
+    /// Canary latency quantile too far above stable's.
+    LatencyIncrease,
     /// The PromQL check failed.
     Prometheus,
 }
@@ -35,6 +42,7 @@ impl Rule {
             Rule::ErrorRate => "error_rate",
             Rule::ErrorRateIncrease => "error_rate_increase",
             Rule::Latency => "latency",
+            Rule::LatencyIncrease => "latency_increase",
             Rule::Prometheus => "prometheus",
         }
     }
@@ -62,8 +70,82 @@ pub enum PromReading {
     Unavailable(String),
 }
 
-/// Judges the canary over one window.
-pub fn judge(a: &Analysis, stable: &WindowTotals, canary: &WindowTotals, prom: &PromReading) -> Verdict {
+/// What one judgement found: the verdict, and (sequential mode) each rule's figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judgement {
+    /// The decision.
+    pub verdict: Verdict,
+    /// Every rule's bounds and decision (empty in threshold mode).
+    pub checks: Vec<Check>,
+}
+
+/// Judges the canary: with `analysis.alpha`, every rule sequentially on `since_rollout` (both
+/// variants' totals since the rollout began; see [`crate::sequential`]); without, the threshold
+/// rules on the window. A PromQL reading is judged against its bounds either way.
+pub fn judge(
+    a: &Analysis,
+    stable: &WindowTotals,
+    canary: &WindowTotals,
+    since_rollout: Option<(&Totals, &Totals)>,
+    prom: &PromReading,
+) -> Judgement {
+    let (Some(alpha), Some((s, c))) = (a.alpha, since_rollout) else {
+        return Judgement {
+            verdict: judge_window(a, stable, canary, prom),
+            checks: Vec::new(),
+        };
+    };
+    let checks = sequential::judge(a, alpha, s, c);
+    let verdict = if let Some(failed) = checks.iter().find(|c| c.decision == Decision::Fail) {
+        Verdict::Fail(failed.rule, failed.explanation.clone())
+    } else {
+        let open: Vec<&str> = checks
+            .iter()
+            .filter(|c| c.decision == Decision::Inconclusive)
+            .map(|c| c.explanation.as_str())
+            .collect();
+        match prom_verdict(a, prom) {
+            Err(fail) => fail,
+            Ok(prom_open) => {
+                let mut reasons: Vec<String> = open.iter().map(|s| (*s).to_string()).collect();
+                reasons.extend(prom_open);
+                if reasons.is_empty() {
+                    Verdict::Pass
+                } else {
+                    Verdict::Inconclusive(reasons.join("; "))
+                }
+            }
+        }
+    };
+    Judgement { verdict, checks }
+}
+
+/// The PromQL reading's part: `Err` with a failing verdict, or what leaves it open.
+fn prom_verdict(a: &Analysis, prom: &PromReading) -> Result<Option<String>, Verdict> {
+    match prom {
+        PromReading::NotConfigured => Ok(None),
+        PromReading::Unavailable(why) => Ok(Some(format!("prometheus: {why}"))),
+        PromReading::Value(v) => {
+            let check = a.prometheus.as_ref().expect("a reading implies a check");
+            if let Some(max) = check.max.filter(|max| *v > *max) {
+                return Err(Verdict::Fail(
+                    Rule::Prometheus,
+                    format!("prometheus query value {v} > max {max}"),
+                ));
+            }
+            if let Some(min) = check.min.filter(|min| *v < *min) {
+                return Err(Verdict::Fail(
+                    Rule::Prometheus,
+                    format!("prometheus query value {v} < min {min}"),
+                ));
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// The threshold rules on one window.
+fn judge_window(a: &Analysis, stable: &WindowTotals, canary: &WindowTotals, prom: &PromReading) -> Verdict {
     let window = humantime::format_duration(a.window);
     let mut inconclusive: Option<String> = None;
     if canary.requests < a.min_requests {
@@ -99,6 +181,24 @@ pub fn judge(a: &Analysis, stable: &WindowTotals, canary: &WindowTotals, prom: &
                 );
             }
         }
+        if let (Some(limit), Some(c), Some(s)) = (
+            a.max_latency_increase,
+            canary.quantile(a.latency_quantile),
+            stable.quantile(a.latency_quantile),
+        ) {
+            let increase = (c.as_secs_f64() / s.as_secs_f64() - 1.0) * 100.0;
+            if c != Duration::MAX && s != Duration::MAX && increase > limit {
+                return Verdict::Fail(
+                    Rule::LatencyIncrease,
+                    format!(
+                        "canary p{} {} is {increase:.0} % above stable's {} (limit {limit} %) over {window}",
+                        a.latency_quantile * 100.0,
+                        show_latency(c),
+                        show_latency(s)
+                    ),
+                );
+            }
+        }
         if let Some(max) = a.max_latency_p99 {
             if let Some(p99) = canary.quantile(0.99) {
                 if p99 > max {
@@ -114,25 +214,17 @@ pub fn judge(a: &Analysis, stable: &WindowTotals, canary: &WindowTotals, prom: &
             }
         }
     }
-    match prom {
-        PromReading::NotConfigured => {}
-        PromReading::Unavailable(why) => {
+    match prom_verdict(a, prom) {
+        Err(fail) => return fail,
+        Ok(Some(why)) => {
             let mut text = inconclusive.take().unwrap_or_default();
             if !text.is_empty() {
                 text.push_str("; ");
             }
-            let _ = write!(text, "prometheus: {why}");
+            text.push_str(&why);
             inconclusive = Some(text);
         }
-        PromReading::Value(v) => {
-            let check = a.prometheus.as_ref().expect("a reading implies a check");
-            if let Some(max) = check.max.filter(|max| v > max) {
-                return Verdict::Fail(Rule::Prometheus, format!("prometheus query value {v} > max {max}"));
-            }
-            if let Some(min) = check.min.filter(|min| v < min) {
-                return Verdict::Fail(Rule::Prometheus, format!("prometheus query value {v} < min {min}"));
-            }
-        }
+        Ok(None) => {}
     }
     inconclusive.map_or(Verdict::Pass, Verdict::Inconclusive)
 }
@@ -177,18 +269,22 @@ fn normal_cdf(z: f64) -> f64 {
     }
 }
 
+/// The analysis of a one-route config whose `rollout.analysis` is `yaml` (for tests).
+#[cfg(test)]
+pub(crate) fn analysis_from_yaml(yaml: &str) -> Analysis {
+    let config = canary_config::parse(&format!(
+        "routes:\n  - name: app\n    stable: {{ endpoints: [\"127.0.0.1:1\"] }}\n    rollout:\n      analysis: {yaml}\n"
+    ))
+    .unwrap();
+    config.routes[0].rollout.analysis.clone().unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use canary_proxy::window::Window;
 
-    fn analysis(yaml: &str) -> Analysis {
-        let config = canary_config::parse(&format!(
-            "routes:\n  - name: app\n    stable: {{ endpoints: [\"127.0.0.1:1\"] }}\n    rollout:\n      analysis: {yaml}\n"
-        ))
-        .unwrap();
-        config.routes[0].rollout.analysis.clone().unwrap()
-    }
+    use super::analysis_from_yaml as analysis;
 
     /// `n` responses of which `errors` are 5xx, all at `ms` latency.
     fn totals(n: u64, errors: u64, ms: u64) -> WindowTotals {
@@ -202,7 +298,7 @@ mod tests {
     #[test]
     fn failing_canary_fails_with_numbers() {
         let a = analysis("{ max_error_rate: 5 }");
-        match judge(
+        match judge_window(
             &a,
             &totals(900, 0, 5),
             &totals(100, 100, 5),
@@ -219,7 +315,7 @@ mod tests {
     fn one_percent_under_a_five_percent_threshold_passes() {
         let a = analysis("{ max_error_rate: 5 }");
         assert_eq!(
-            judge(&a, &totals(900, 0, 5), &totals(100, 1, 5), &PromReading::NotConfigured),
+            judge_window(&a, &totals(900, 0, 5), &totals(100, 1, 5), &PromReading::NotConfigured),
             Verdict::Pass
         );
     }
@@ -228,7 +324,7 @@ mod tests {
     fn stable_failing_too_is_not_the_canarys_fault() {
         let a = analysis("{ max_error_rate: 50, max_error_rate_increase: 2 }");
         assert_eq!(
-            judge(
+            judge_window(
                 &a,
                 &totals(900, 270, 5),
                 &totals(100, 30, 5),
@@ -237,7 +333,7 @@ mod tests {
             Verdict::Pass
         );
         assert!(matches!(
-            judge(
+            judge_window(
                 &a,
                 &totals(900, 90, 5),
                 &totals(100, 30, 5),
@@ -252,11 +348,11 @@ mod tests {
         let a = analysis("{ max_error_rate: 100, max_error_rate_increase: 2, significance: 0.05, min_requests: 10 }");
         // 2 of 20 (10 %) against 0 of 2000 would fail the bare rule, but is not significant.
         assert_eq!(
-            judge(&a, &totals(2000, 0, 5), &totals(20, 2, 5), &PromReading::NotConfigured),
+            judge_window(&a, &totals(2000, 0, 5), &totals(20, 2, 5), &PromReading::NotConfigured),
             Verdict::Pass
         );
         assert!(matches!(
-            judge(
+            judge_window(
                 &a,
                 &totals(2000, 0, 5),
                 &totals(400, 40, 5),
@@ -269,7 +365,7 @@ mod tests {
     #[test]
     fn quiet_canary_is_inconclusive() {
         let a = analysis("{ min_requests: 50 }");
-        let v = judge(&a, &totals(900, 0, 5), &totals(10, 10, 5), &PromReading::NotConfigured);
+        let v = judge_window(&a, &totals(900, 0, 5), &totals(10, 10, 5), &PromReading::NotConfigured);
         assert_eq!(
             v,
             Verdict::Inconclusive("canary had 10 of the 50 requests needed in 1m".into())
@@ -279,7 +375,7 @@ mod tests {
     #[test]
     fn slow_canary_fails_the_latency_rule() {
         let a = analysis("{ max_latency_p99: 500ms }");
-        match judge(
+        match judge_window(
             &a,
             &totals(900, 0, 5),
             &totals(100, 0, 800),
@@ -289,7 +385,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            judge(
+            judge_window(
                 &a,
                 &totals(900, 0, 5),
                 &totals(100, 0, 300),
@@ -304,12 +400,12 @@ mod tests {
         let a = analysis("{ prometheus: { url: \"http://127.0.0.1:9\", query: \"x\", max: 0.05 } }");
         let (s, c) = (totals(900, 0, 5), totals(100, 0, 5));
         assert!(matches!(
-            judge(&a, &s, &c, &PromReading::Value(0.5)),
+            judge_window(&a, &s, &c, &PromReading::Value(0.5)),
             Verdict::Fail(Rule::Prometheus, _)
         ));
-        assert_eq!(judge(&a, &s, &c, &PromReading::Value(0.01)), Verdict::Pass);
+        assert_eq!(judge_window(&a, &s, &c, &PromReading::Value(0.01)), Verdict::Pass);
         assert!(matches!(
-            judge(&a, &s, &c, &PromReading::Unavailable("down".into())),
+            judge_window(&a, &s, &c, &PromReading::Unavailable("down".into())),
             Verdict::Inconclusive(_)
         ));
     }

@@ -6,13 +6,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use canary_config::{Config, PrometheusCheck, Weight};
+use canary_config::{Analysis, Config, PrometheusCheck, Weight};
+use canary_proxy::running::Totals;
 use canary_proxy::window::{self, WindowTotals};
 use canary_proxy::{split, ProxyMetrics, RoutingTable, TableHandle, Variant};
 
 use crate::analysis::{self, PromReading, Verdict};
 use crate::metrics::ControlMetrics;
 use crate::rollout::{Action, Event, Phase, RolloutError};
+use crate::sequential;
 use crate::state::{describe, now_ms, now_rfc3339, AuditEntry, RouteState, StateError, StateStore};
 use crate::status::{AnalysisStatus, RouteStatus, VariantStatus, WindowFigures};
 
@@ -171,6 +173,9 @@ struct Inner {
 /// What the analysis remembers of a route between ticks.
 #[derive(Debug, Clone, Default)]
 struct Judged {
+    /// The rollout generation and both variants' running totals when it was first judged:
+    /// sequential mode judges what came after.
+    rollout_start: Option<(u64, [Totals; 2])>,
     consecutive_failures: u32,
     /// Since when every judgement passed (ms since the Unix epoch).
     passing_since_ms: Option<u64>,
@@ -669,25 +674,37 @@ impl Controller {
                     .unwrap_or_default()
             };
             let (stable, canary) = (totals(Variant::Stable), totals(Variant::Canary));
+            if state.rollout.phase == Phase::Aborted && judged.last.as_ref().is_some_and(|l| l.verdict == "fail") {
+                // The judgement that aborted stays on show until the next rollout.
+                continue;
+            }
             let active = state.weight_ppm > 0
                 && state.weight() != Weight::FULL
                 && !matches!(state.rollout.phase, Phase::Aborted | Phase::Promoted);
-            let verdict = if !active {
+            let since_rollout = a
+                .alpha
+                .and_then(|_| since_rollout(judged, &table, &route.name, state.generation));
+            let judgement = if !active {
                 None
             } else {
                 let prom = match &a.prometheus {
                     None => PromReading::NotConfigured,
                     Some(check) => fresh_reading(readings.get(&route.name), check),
                 };
-                Some(analysis::judge(a, &stable, &canary, &prom))
+                let since = since_rollout.as_ref().map(|[s, c]| (s, c));
+                let mut j = analysis::judge(a, &stable, &canary, since, &prom);
+                if let (Verdict::Inconclusive(why), Some((s, c)), Some(alpha)) = (&mut j.verdict, since, a.alpha) {
+                    why.push_str(&needed(a, alpha, s, c, &canary));
+                }
+                Some(j)
             };
-            let (name, reason) = match &verdict {
+            let (name, reason) = match judgement.as_ref().map(|j| &j.verdict) {
                 None => ("idle", None),
                 Some(Verdict::Pass) => ("pass", None),
                 Some(Verdict::Inconclusive(why)) => ("inconclusive", Some(why.clone())),
                 Some(Verdict::Fail(_, why)) => ("fail", Some(why.clone())),
             };
-            match &verdict {
+            match judgement.as_ref().map(|j| &j.verdict) {
                 Some(Verdict::Pass) => {
                     judged.consecutive_failures = 0;
                     judged.passing_since_ms.get_or_insert(now);
@@ -708,9 +725,10 @@ impl Controller {
                 window_seconds: a.window.as_secs(),
                 stable: figures(&stable),
                 canary: figures(&canary),
+                checks: judgement.as_ref().map(|j| j.checks.clone()).unwrap_or_default(),
             };
             judged.last = Some(status.clone());
-            if let Some(Verdict::Fail(rule, why)) = verdict {
+            if let Some(Verdict::Fail(rule, why)) = judgement.map(|j| j.verdict) {
                 if judged.consecutive_failures >= a.failures_before_abort {
                     aborts.push((route.name.clone(), rule, why, a.webhook.clone(), status));
                 }
@@ -749,7 +767,13 @@ impl Controller {
             });
         }
         self.control_metrics.rollback(route, rule.as_str());
-        inner.judged.insert(route.to_string(), Judged::default());
+        inner.judged.insert(
+            route.to_string(),
+            Judged {
+                last: Some(status.clone()),
+                ..Judged::default()
+            },
+        );
         inner.store.state.record(AuditEntry::applied(
             "analysis",
             route,
@@ -944,6 +968,47 @@ fn figures(t: &WindowTotals) -> WindowFigures {
     }
 }
 
+/// Both variants' totals since the rollout `generation` was first judged (the start is taken
+/// now when it was not yet, or when the route's counters were rebuilt).
+fn since_rollout(judged: &mut Judged, table: &RoutingTable, route: &str, generation: u64) -> Option<[Totals; 2]> {
+    let route = table.route(route)?;
+    let now = [
+        route.running(Variant::Stable)?.read(),
+        route.running(Variant::Canary)?.read(),
+    ];
+    if let Some((g, start)) = &judged.rollout_start {
+        if *g == generation {
+            if let (Some(s), Some(c)) = (now[0].since(&start[0]), now[1].since(&start[1])) {
+                return Some([s, c]);
+            }
+        }
+    }
+    judged.rollout_start = Some((generation, now));
+    Some([Totals::default(), Totals::default()])
+}
+
+/// `; about N more canary requests (~T at the current rate)` for an inconclusive sequential
+/// judgement, or why no amount would do.
+fn needed(a: &Analysis, alpha: f64, stable: &Totals, canary: &Totals, window: &WindowTotals) -> String {
+    if canary.requests == 0 {
+        return "; no canary traffic yet".into();
+    }
+    let Some(k) = sequential::traffic_needed(a, alpha, stable, canary) else {
+        return "; at the rates seen so far no amount of traffic would pass".into();
+    };
+    let more = ((k - 1.0) * canary.requests as f64).ceil().max(1.0) as u64;
+    let rate = window.requests as f64 / a.window.as_secs_f64().max(1.0);
+    if rate > 0.0 {
+        let eta = Duration::from_secs((more as f64 / rate).ceil() as u64);
+        format!(
+            "; needs about {more} more canary requests (~{} at {rate:.1} req/s)",
+            humantime::format_duration(eta)
+        )
+    } else {
+        format!("; needs about {more} more canary requests")
+    }
+}
+
 /// The status of an analysis that has not judged yet.
 fn idle(window: Duration) -> AnalysisStatus {
     let empty = figures(&WindowTotals::default());
@@ -954,6 +1019,7 @@ fn idle(window: Duration) -> AnalysisStatus {
         window_seconds: window.as_secs(),
         stable: empty,
         canary: empty,
+        checks: Vec::new(),
     }
 }
 

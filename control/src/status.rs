@@ -51,6 +51,9 @@ pub struct AnalysisStatus {
     pub stable: WindowFigures,
     /// The canary's figures over the window.
     pub canary: WindowFigures,
+    /// Sequential mode: each rule's figures since the rollout began, bounds and decision.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<crate::sequential::Check>,
 }
 
 /// One variant's traffic over the analysis window.

@@ -239,6 +239,75 @@ pub fn route_lookup(data: &[u8]) {
 }
 
 // ---------------------------------------------------------------------------------------
+// 2b. Request path normalisation.
+// ---------------------------------------------------------------------------------------
+
+/// Any bytes as a request target that hyper would accept. Under every `paths:` setting: no
+/// panic; a normal form is normal (a second pass returns it borrowed and unchanged), starts
+/// with `/`, holds no `.`/`..` segment, no `\`, no `//` when merging, and only upper-case
+/// escapes of bytes other than NUL and the unreserved characters; and the route a request goes
+/// to is the route its forwarded path goes to, with that same path.
+pub fn path(data: &[u8]) {
+    use canary_config::path::normalize;
+    use canary_config::{EncodedSlashes, PathOptions};
+    use std::borrow::Cow;
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(target) = http::uri::PathAndQuery::try_from(text) else {
+        return;
+    };
+    let path = target.path();
+    for merge_slashes in [true, false] {
+        for encoded_slashes in [EncodedSlashes::Keep, EncodedSlashes::Reject] {
+            let options = PathOptions {
+                merge_slashes,
+                encoded_slashes,
+            };
+            let Ok(normal) = normalize(path, options) else {
+                continue;
+            };
+            assert!(
+                matches!(normalize(&normal, options), Ok(Cow::Borrowed(again)) if again == normal),
+                "{path:?} -> {normal:?} is not normal under {options:?}"
+            );
+            if normal == "*" {
+                continue;
+            }
+            assert!(normal.starts_with('/'), "{path:?} -> {normal:?}");
+            assert!(!normal.contains('\\'), "{path:?} -> {normal:?}");
+            assert!(
+                !normal.split('/').any(|s| s == "." || s == ".."),
+                "{path:?} -> {normal:?} keeps a dot segment"
+            );
+            assert!(!(merge_slashes && normal.contains("//")), "{path:?} -> {normal:?}");
+            let bytes = normal.as_bytes();
+            for (i, _) in normal.match_indices('%') {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).expect("two ASCII digits follow '%'");
+                let byte = u8::from_str_radix(hex, 16).expect("an escape is hex");
+                assert!(
+                    hex == hex.to_ascii_uppercase()
+                        && byte != 0
+                        && !(byte.is_ascii_alphanumeric() || b"-._~".contains(&byte)),
+                    "{path:?} -> {normal:?} keeps %{hex}"
+                );
+            }
+        }
+    }
+    let table = &lookup_env().table;
+    for host in ["app.example.com", "other.org"] {
+        if let Ok(Some((route, forwarded))) = fuzzing::resolve(table, host, path) {
+            let again = fuzzing::resolve(table, host, &forwarded);
+            assert_eq!(
+                again,
+                Ok(Some((route.clone(), forwarded.clone()))),
+                "{host} {path:?} goes to {route} as {forwarded:?}, which goes elsewhere"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // 3. Cookie / affinity key parsing.
 // ---------------------------------------------------------------------------------------
 

@@ -18,16 +18,16 @@ use crate::upstream_pool::UpstreamConn;
 pub struct TrackedBody {
     inner: Incoming,
     in_flight: Option<InFlight>,
-    /// `None` once released, or for a connection that must not be reused.
+    /// `None` once released.
     conn: Option<UpstreamConn>,
 }
 
 impl TrackedBody {
-    pub(crate) fn new(inner: Incoming, in_flight: InFlight, conn: Option<UpstreamConn>) -> Self {
+    pub(crate) fn new(inner: Incoming, in_flight: InFlight, conn: UpstreamConn) -> Self {
         Self {
             inner,
             in_flight: Some(in_flight),
-            conn,
+            conn: Some(conn),
         }
     }
 

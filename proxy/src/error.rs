@@ -29,6 +29,8 @@ pub(crate) enum ProxyError {
     Timeout { route: Box<str>, variant: Variant },
     #[error("route {route}: {variant} endpoint broke the exchange")]
     Upstream { route: Box<str>, variant: Variant },
+    #[error("route {route}: {variant} endpoint switched protocols without being asked to")]
+    UnrequestedUpgrade { route: Box<str>, variant: Variant },
 }
 
 impl ProxyError {
@@ -40,9 +42,10 @@ impl ProxyError {
             ProxyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Connect { .. } | ProxyError::Tls { .. } | ProxyError::Upstream { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::Connect { .. }
+            | ProxyError::Tls { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::UnrequestedUpgrade { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }

@@ -1,5 +1,6 @@
 //! The request's life: route lookup, variant decision, endpoint pick, upstream exchange.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use crate::headers::{self, ClientInfo};
 use crate::metrics::{ProxyMetrics, UpstreamErrorReason};
 use crate::request_framing::RefusedHead;
 use crate::route::Route;
-use crate::routing_table::{Settings, TableHandle};
+use crate::routing_table::{Resolved, Settings, TableHandle};
 use crate::split::Variant;
 use crate::upstream_pool::{self, SendError, UpstreamConn};
 use crate::upstream_tls::{TlsHandshakeError, UpstreamTls};
@@ -139,7 +140,7 @@ impl Proxy {
     }
 
     /// Serves one request from a client connection.
-    pub async fn handle(&self, req: Request<Incoming>, client: &ClientInfo) -> Response<ProxyBody> {
+    pub async fn handle(&self, mut req: Request<Incoming>, client: &ClientInfo) -> Response<ProxyBody> {
         let started = Instant::now();
         if let Some(why) = req.extensions().get::<RefusedHead>() {
             let mut resp = reply(match why {
@@ -151,7 +152,7 @@ impl Proxy {
             return resp;
         }
         // The one snapshot load of this request; the guard is dropped before any await.
-        let (route, settings, decision) = {
+        let (route, settings, decision, normalised_uri) = {
             let table = self.0.table.load();
             if let Err(why) = headers::check_request(&req) {
                 let mut resp = reply(ProxyError::BadRequest(why));
@@ -164,17 +165,32 @@ impl Proxy {
             let Some(host) = request_host(&req) else {
                 return reply(ProxyError::BadRequest("missing Host header"));
             };
-            let Some(route) = table.lookup(host, req.uri().path()) else {
-                self.0.metrics.no_route();
-                let (host, path) = (host.to_owned(), req.uri().path().to_owned());
-                return reply(ProxyError::NoRoute { host, path });
+            // Routed by the normalised path, which is also the one forwarded.
+            let (route, path) = match table.resolve(host, req.uri().path()) {
+                Ok(Resolved::Route(route, path)) => (route, path),
+                Ok(Resolved::NoRoute(path)) => {
+                    self.0.metrics.no_route();
+                    let (host, path) = (host.to_owned(), path.into_owned());
+                    return reply(ProxyError::NoRoute { host, path });
+                }
+                Err(why) => return reply(ProxyError::BadRequest(why.reason())),
+            };
+            let normalised_uri = match path {
+                Cow::Borrowed(_) => None,
+                Cow::Owned(path) => match with_path(req.uri(), &path) {
+                    Some(uri) => Some(uri),
+                    None => return reply(ProxyError::BadRequest("the normalised path is not a valid target")),
+                },
             };
             if route.redirect_https && !client.tls {
-                return redirect_to_https(host, &req);
+                return redirect_to_https(host, normalised_uri.as_ref().unwrap_or(req.uri()));
             }
             let decision = route.decide(req.headers(), client, table.trusted_proxies());
-            (route.clone(), *table.settings(), decision)
+            (route.clone(), *table.settings(), decision, normalised_uri)
         };
+        if let Some(uri) = normalised_uri {
+            *req.uri_mut() = uri;
+        }
         let log = settings
             .access_log
             .then(|| (req.method().clone(), req.uri().path().to_owned()));
@@ -230,7 +246,7 @@ impl Proxy {
             return no_endpoints(decided);
         };
 
-        let client_upgrade = (req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers()))
+        let client_upgrade = (req.version() == Version::HTTP_11 && headers::is_websocket_upgrade(req.headers()))
             .then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let limit = route.max_body_bytes;
@@ -287,20 +303,43 @@ impl Proxy {
             served: true,
             upstream_error: false,
         };
+        // No usable upstream answer: counted by reason, answered by the proxy.
+        let upstream_failed = |reason, err| {
+            route.metrics.upstream_error(variant, reason);
+            let failed = Outcome {
+                upstream_error: true,
+                ..served
+            };
+            (reply(err), failed)
+        };
         let response = match outcome {
             Ok((mut resp, in_flight, conn)) => {
                 in_flight.endpoint().record_success();
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some(client_upgrade) = client_upgrade {
-                        // The connection becomes the tunnel: never back to the pool.
-                        drop(conn);
-                        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                        tokio::spawn(tunnel(client_upgrade, upstream_upgrade, in_flight));
-                        let (parts, _) = resp.into_parts();
-                        return (
-                            Response::from_parts(parts, Either::Right(Full::new(Bytes::new()))),
-                            served,
-                        );
+                    match client_upgrade {
+                        // The switch the client asked for: the connection becomes the tunnel,
+                        // never back to the pool.
+                        Some(client_upgrade) if headers::is_websocket_upgrade(resp.headers()) => {
+                            drop(conn);
+                            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, in_flight));
+                            let (parts, _) = resp.into_parts();
+                            return (
+                                Response::from_parts(parts, Either::Right(Full::new(Bytes::new()))),
+                                served,
+                            );
+                        }
+                        // RFC 9110 §15.2.2: no switch unless the request asked for it, and only to
+                        // a protocol it offered (HTTP/2 never). The upstream connection, now in an
+                        // unknown protocol, is dropped with the response.
+                        _ => {
+                            drop((resp, conn));
+                            let err = ProxyError::UnrequestedUpgrade {
+                                route: route.name.clone(),
+                                variant,
+                            };
+                            return upstream_failed(UpstreamErrorReason::Upgrade, err);
+                        }
                     }
                 }
                 let (mut parts, body) = resp.into_parts();
@@ -308,22 +347,13 @@ impl Proxy {
                     && parts.headers.contains_key(http::header::CONTENT_LENGTH)
                 {
                     // Ambiguous framing from the backend: never pass on a length that may lie.
-                    route.metrics.upstream_error(variant, UpstreamErrorReason::Protocol);
                     let err = ProxyError::Upstream {
                         route: route.name.clone(),
                         variant,
                     };
-                    return (
-                        reply(err),
-                        Outcome {
-                            upstream_error: true,
-                            ..served
-                        },
-                    );
+                    return upstream_failed(UpstreamErrorReason::Protocol, err);
                 }
                 headers::strip_hop_by_hop(&mut parts.headers);
-                // A 101 that was not asked for leaves the connection in another protocol.
-                let conn = (parts.status != StatusCode::SWITCHING_PROTOCOLS).then_some(conn);
                 Response::from_parts(parts, Either::Left(TrackedBody::new(body, in_flight, conn)))
             }
             Err(failure) => {
@@ -363,14 +393,7 @@ impl Proxy {
                         ProxyError::Upstream { route: name, variant },
                     ),
                 };
-                route.metrics.upstream_error(variant, reason);
-                return (
-                    reply(err),
-                    Outcome {
-                        upstream_error: true,
-                        ..served
-                    },
-                );
+                return upstream_failed(reason, err);
             }
         };
         (response, served)
@@ -438,6 +461,17 @@ fn request_host<B>(req: &Request<B>) -> Option<&str> {
     }
 }
 
+/// `uri` with its path replaced by `path` (scheme, authority and query kept).
+fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
+    let target = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(target.parse().ok()?);
+    Uri::from_parts(parts).ok()
+}
+
 /// Rewrites the client's headers into the upstream request's: hop-by-hop out, forwarding in.
 fn prepare_upstream_headers(parts: &mut Parts, client: &ClientInfo, variant: Variant, upgrade: bool) {
     let upgrade_value = if upgrade {
@@ -477,13 +511,13 @@ fn is_idempotent(method: &Method) -> bool {
 }
 
 /// `308` to the same host (without its port) and target over HTTPS.
-fn redirect_to_https<B>(host: &str, req: &Request<B>) -> Response<ProxyBody> {
+fn redirect_to_https(host: &str, uri: &Uri) -> Response<ProxyBody> {
     let name = if host.starts_with('[') {
         host.split_inclusive(']').next().unwrap_or(host)
     } else {
         host.rsplit_once(':').map_or(host, |(h, _)| h)
     };
-    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
     let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
     *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
     match HeaderValue::from_str(&format!("https://{name}{target}")) {

@@ -9,6 +9,7 @@ use http::{HeaderMap, HeaderValue};
 use crate::affinity::{self, UserKey};
 use crate::headers::ClientInfo;
 use crate::route::Route;
+use crate::routing_table::{Resolved, RoutingTable};
 use crate::split::Variant;
 
 /// A user key as [`user_key`] found or made it.
@@ -50,4 +51,17 @@ pub fn decide(
 ) -> (Variant, Option<HeaderValue>) {
     let d = route.decide(headers, client, trusted);
     (d.variant, d.set_cookie)
+}
+
+/// The route a request for `host` and `path` goes to and the path forwarded (see
+/// `RoutingTable::resolve`); `Ok(None)` when no route serves it, `Err` when it is refused.
+pub fn resolve(
+    table: &RoutingTable,
+    host: &str,
+    path: &str,
+) -> Result<Option<(String, String)>, canary_config::PathError> {
+    Ok(match table.resolve(host, path)? {
+        Resolved::Route(route, forwarded) => Some((route.name().to_owned(), forwarded.into_owned())),
+        Resolved::NoRoute(_) => None,
+    })
 }

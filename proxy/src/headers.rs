@@ -23,9 +23,10 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
-/// True for a WebSocket upgrade request: `Connection: upgrade` plus `Upgrade: websocket`.
-/// Other upgrades (h2c above all, a known smuggling path) are never passed on.
-pub(crate) fn is_upgrade_request(headers: &HeaderMap) -> bool {
+/// True for a WebSocket upgrade, asked (request) or accepted (101 response): `Connection:
+/// upgrade` plus `Upgrade: websocket`. Other upgrades (h2c above all, a known smuggling path)
+/// are never passed on.
+pub(crate) fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
     let websocket = headers
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
@@ -262,11 +263,11 @@ mod tests {
     fn detects_websocket_upgrades_only() {
         let mut h = HeaderMap::new();
         h.insert(header::UPGRADE, "websocket".parse().unwrap());
-        assert!(!is_upgrade_request(&h));
+        assert!(!is_websocket_upgrade(&h));
         h.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
-        assert!(is_upgrade_request(&h));
+        assert!(is_websocket_upgrade(&h));
         h.insert(header::UPGRADE, "h2c".parse().unwrap());
-        assert!(!is_upgrade_request(&h));
+        assert!(!is_websocket_upgrade(&h));
     }
 
     #[test]

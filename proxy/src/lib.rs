@@ -17,6 +17,7 @@ mod metrics;
 mod request_framing;
 mod route;
 mod routing_table;
+pub mod running;
 mod server;
 pub mod split;
 pub mod tls;

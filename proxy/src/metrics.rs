@@ -21,10 +21,12 @@ pub(crate) enum UpstreamErrorReason {
     Protocol = 2,
     /// The TLS handshake with an HTTPS upstream failed (certificate, name, version, timeout).
     Tls = 3,
+    /// The upstream switched protocols (101) although the request did not ask for that switch.
+    Upgrade = 4,
 }
 
 impl UpstreamErrorReason {
-    const ALL: [&'static str; 4] = ["connect", "timeout", "protocol", "tls"];
+    const ALL: [&'static str; 5] = ["connect", "timeout", "protocol", "tls", "upgrade"];
 }
 
 /// The data plane's metric families.
@@ -142,7 +144,7 @@ pub(crate) struct RouteMetrics {
 #[derive(Debug)]
 struct VariantMetrics {
     responses: [IntCounter; 5],
-    upstream_errors: [IntCounter; 4],
+    upstream_errors: [IntCounter; 5],
     fallbacks: IntCounter,
     duration: Histogram,
 }

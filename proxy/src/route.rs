@@ -10,6 +10,7 @@ use crate::affinity::{self, UserKey};
 use crate::balancer::EndpointSet;
 use crate::headers::ClientInfo;
 use crate::metrics::RouteMetrics;
+use crate::running::Running;
 use crate::split::{self, Variant};
 use crate::window::{self, Window};
 
@@ -30,6 +31,8 @@ pub struct Route {
     pub(crate) overrides: Overrides,
     pub(crate) canary_only: bool,
     pub(crate) expose_variant: bool,
+    /// Forward the normalised path (else the client's bytes; routing used the normalised one).
+    pub(crate) normalize_path: bool,
     pub(crate) redirect_https: bool,
     /// Largest request body forwarded (0: none).
     pub(crate) max_body_bytes: u64,
@@ -39,6 +42,8 @@ pub struct Route {
     pub(crate) metrics: RouteMetrics,
     /// Per-variant sliding windows, when the route has an analysis.
     pub(crate) windows: Option<Arc<[Window; 2]>>,
+    /// Per-variant running totals, when the route has an analysis.
+    pub(crate) running: Option<Arc<[Running; 2]>>,
 }
 
 impl Route {
@@ -66,6 +71,11 @@ impl Route {
         self.windows.as_ref().map(|w| &w[variant as usize])
     }
 
+    /// The running totals of a variant, when the route has an analysis.
+    pub fn running(&self, variant: Variant) -> Option<&Running> {
+        self.running.as_ref().map(|r| &r[variant as usize])
+    }
+
     /// Endpoints of a variant that are not cooling off, and all of them.
     pub fn healthy_endpoints(&self, variant: Variant) -> (usize, usize) {
         let set = self.endpoints(variant);
@@ -80,6 +90,9 @@ impl Route {
         self.metrics.duration(variant, latency.as_secs_f64());
         if let Some(w) = &self.windows {
             w[variant as usize].record(window::second_of(started), status.as_u16(), upstream_error, latency);
+        }
+        if let Some(r) = &self.running {
+            r[variant as usize].record(status.as_u16(), latency);
         }
     }
 

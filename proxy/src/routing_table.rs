@@ -1,16 +1,18 @@
 //! The routing snapshot: host + path → route, rebuilt off the hot path and swapped in whole.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
-use canary_config::{Config, HostPattern};
+use canary_config::{path, Config, HostPattern, PathError, PathOptions};
 
 use crate::balancer::EndpointSet;
 use crate::endpoint::Endpoint;
 use crate::metrics::ProxyMetrics;
 use crate::route::Route;
+use crate::running::Running;
 use crate::upstream_tls::{ClientKey, TlsClients, UpstreamTls};
 use crate::window::Window;
 
@@ -35,6 +37,8 @@ pub struct Settings {
     pub health_cooloff: Duration,
     /// One info log line per request.
     pub access_log: bool,
+    /// How request paths are normalised before routing.
+    pub paths: PathOptions,
 }
 
 /// The live part of a route that the control plane owns: its weight and sticky salt.
@@ -99,6 +103,16 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
         Some(rest) => rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'),
         None => false,
     }
+}
+
+/// Where a request goes: its route and the path its backend gets, or no route.
+#[derive(Debug)]
+pub(crate) enum Resolved<'t, 'p> {
+    /// The route, and the normalised path (the client's own for a route with
+    /// `normalize_path: false`).
+    Route(&'t Arc<Route>, Cow<'p, str>),
+    /// No route serves the host and the normalised path.
+    NoRoute(Cow<'p, str>),
 }
 
 /// Everything a request needs, immutable once built.
@@ -188,6 +202,7 @@ impl RoutingTable {
                 health_failures: config.passive_health.failures,
                 health_cooloff: config.passive_health.cooloff,
                 access_log: config.access_log,
+                paths: config.paths,
             },
         };
         for r in &config.routes {
@@ -218,6 +233,7 @@ impl RoutingTable {
                 overrides: r.overrides.clone(),
                 canary_only: r.canary_only,
                 expose_variant: r.expose_variant,
+                normalize_path: r.normalize_path,
                 redirect_https: r.redirect_https,
                 max_body_bytes: r.max_body_bytes,
                 hsts: r.hsts.as_ref().map(|h| {
@@ -232,6 +248,7 @@ impl RoutingTable {
                 variants: [set(&r.stable, "stable")?, set(&r.canary, "canary")?],
                 metrics: metrics.for_route(&r.name),
                 windows: windows_for(r, previous),
+                running: running_for(r, previous),
             });
             let entry = (Box::<str>::from(r.path_prefix.as_str()), r.path_exact, route.clone());
             if r.hosts.is_empty() {
@@ -276,6 +293,25 @@ impl RoutingTable {
         self.any_host.find(path)
     }
 
+    /// The route of a request by its normalised path (without `;` parameters), and the path to
+    /// forward. A path without a normal form is refused, unless the client's own path finds a
+    /// route that asked for the raw bytes (`normalize_path: false`).
+    pub(crate) fn resolve<'t, 'p>(&'t self, host: &str, path: &'p str) -> Result<Resolved<'t, 'p>, PathError> {
+        match path::normalize(path, self.settings.paths) {
+            Ok(normal) => Ok(
+                match self.lookup(host, &path::routing_key(&normal, self.settings.paths)) {
+                    Some(route) if route.normalize_path => Resolved::Route(route, normal),
+                    Some(route) => Resolved::Route(route, Cow::Borrowed(path)),
+                    None => Resolved::NoRoute(normal),
+                },
+            ),
+            Err(e) => match self.lookup(host, path) {
+                Some(route) if !route.normalize_path => Ok(Resolved::Route(route, Cow::Borrowed(path))),
+                _ => Err(e),
+            },
+        }
+    }
+
     /// Routes in config order.
     pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
@@ -308,6 +344,16 @@ fn windows_for(route: &canary_config::Route, previous: Option<&RoutingTable>) ->
         Some(w) if w[0].seconds() == seconds => Some(w),
         _ => Some(Arc::new([Window::new(seconds), Window::new(seconds)])),
     }
+}
+
+/// The route's running totals: the previous table's (a reload never restarts them), new ones
+/// for a route that just got an analysis.
+fn running_for(route: &canary_config::Route, previous: Option<&RoutingTable>) -> Option<Arc<[Running; 2]>> {
+    route.rollout.analysis.as_ref()?;
+    let kept = previous
+        .and_then(|p| p.route(&route.name))
+        .and_then(|r| r.running.clone());
+    Some(kept.unwrap_or_default())
 }
 
 /// Lower-cases a Host value into `buf` without allocating; strips the port and a trailing dot.
@@ -428,6 +474,174 @@ routes:
         let b = RoutingTable::build(&config, LiveRoute::from_config, Some(&a), &metrics).unwrap();
         for (k, e) in &a.endpoints {
             assert!(Arc::ptr_eq(e, &b.endpoints[k]));
+        }
+    }
+
+    const PATHS: &str = r#"
+routes:
+  - { name: root, stable: { endpoints: ["127.0.0.1:1"] } }
+  - { name: pub, path_prefix: /public, stable: { endpoints: ["127.0.0.1:2"] } }
+  - { name: int, path_prefix: /internal, stable: { endpoints: ["127.0.0.1:3"] } }
+  - { name: deep, path_prefix: /public/x, stable: { endpoints: ["127.0.0.1:4"] } }
+  - { name: exact, path_prefix: /internal/secret, path_exact: true, stable: { endpoints: ["127.0.0.1:5"] } }
+  - { name: raw, path_prefix: /raw, normalize_path: false, stable: { endpoints: ["127.0.0.1:6"] } }
+"#;
+
+    /// (route, forwarded path) of a request, or the refusal.
+    fn resolve(t: &RoutingTable, path: &str) -> Result<(String, String), PathError> {
+        match t.resolve("app", path)? {
+            Resolved::Route(r, p) => Ok((r.name().to_owned(), p.into_owned())),
+            Resolved::NoRoute(p) => Ok(("<none>".to_owned(), p.into_owned())),
+        }
+    }
+
+    #[test]
+    fn requests_are_routed_and_forwarded_by_their_normal_path() {
+        let t = table(PATHS);
+        type Case<'a> = (&'a str, Result<(&'a str, &'a str), PathError>);
+        let cases: &[Case] = &[
+            ("/public/a", Ok(("pub", "/public/a"))),
+            ("/public/../internal/secret", Ok(("exact", "/internal/secret"))),
+            ("/public/%2e%2e/internal/x", Ok(("int", "/internal/x"))),
+            ("/public/./../internal/", Ok(("int", "/internal/"))),
+            ("/public//x/y", Ok(("deep", "/public/x/y"))),
+            ("/internal;jsessionid=1/x", Ok(("int", "/internal;jsessionid=1/x"))),
+            ("/public;a/x/y", Ok(("deep", "/public;a/x/y"))),
+            ("//internal", Ok(("int", "/internal"))),
+            ("/%70ublic", Ok(("pub", "/public"))),
+            ("/public/..;/internal", Err(PathError::AmbiguousDotSegment)),
+            ("/..", Err(PathError::AboveRoot)),
+            // The raw route routes by the normal path but forwards the client's bytes, and takes
+            // what has no normal form when its own raw prefix matches.
+            ("/raw/a/../b", Ok(("raw", "/raw/a/../b"))),
+            ("/raw/%00", Ok(("raw", "/raw/%00"))),
+            ("/public/%00", Err(PathError::EncodedNul)),
+        ];
+        for (path, want) in cases {
+            let got = resolve(&t, path);
+            let want = want.map(|(r, p)| (r.to_owned(), p.to_owned()));
+            assert_eq!(got, want, "{path}");
+        }
+    }
+
+    /// How a lenient backend reads a forwarded path: `;` parameters dropped from each raw
+    /// segment (Tomcat), every escape decoded once (with `decode_slashes`, `%2F` and `%5C` too,
+    /// as separators), dot segments resolved, empty segments merged.
+    fn backend_reads(path: &str, decode_slashes: bool) -> String {
+        let bare: Vec<&str> = path.split('/').map(|s| s.split(';').next().unwrap_or("")).collect();
+        let bare = bare.join("/");
+        let (raw, mut bytes, mut i) = (bare.as_bytes(), Vec::new(), 0);
+        while i < raw.len() {
+            let escape = raw
+                .get(i + 1..i + 3)
+                .filter(|_| raw[i] == b'%')
+                .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+            match escape {
+                Some(b'/' | b'\\') if !decode_slashes => bytes.extend_from_slice(&raw[i..i + 3]),
+                Some(b'/' | b'\\') => bytes.push(b'/'),
+                Some(b) => bytes.push(b),
+                None if raw[i] == b'\\' => bytes.push(b'/'),
+                None => bytes.push(raw[i]),
+            }
+            i += if escape.is_some() { 3 } else { 1 };
+        }
+        let decoded = String::from_utf8_lossy(&bytes).into_owned();
+        let mut kept: Vec<&str> = Vec::new();
+        let segments: Vec<&str> = decoded.split('/').skip(1).collect();
+        for (n, seg) in segments.iter().enumerate() {
+            match *seg {
+                "." => {}
+                ".." => {
+                    kept.pop();
+                }
+                "" if n + 1 < segments.len() => {}
+                s => kept.push(s),
+            }
+        }
+        let trailing = matches!(segments.last(), Some(&"." | &".."));
+        format!(
+            "/{}{}",
+            kept.join("/"),
+            if trailing && !kept.is_empty() { "/" } else { "" }
+        )
+    }
+
+    const TOKENS: &[&str] = &[
+        "public",
+        "internal",
+        "secret",
+        "x",
+        "raw2",
+        ".",
+        "..",
+        "%2e",
+        "%2E%2e",
+        ".%2e",
+        "",
+        "%2F",
+        "%2f..",
+        "a%2Fb",
+        "%5C",
+        "%5c..",
+        ";",
+        ";x",
+        "..;",
+        ".;a",
+        "%3B",
+        "..%3b",
+        "%25",
+        "%252e%252e",
+        "%41",
+        "%7e",
+        "caf%C3%A9",
+        "%zz",
+        "%00",
+        "\\",
+        "p%75blic",
+        "intern%61l",
+    ];
+
+    fn generated_path() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        (
+            proptest::collection::vec(proptest::sample::select(TOKENS), 0..8),
+            any::<bool>(),
+        )
+            .prop_map(|(segments, trailing)| format!("/{}{}", segments.join("/"), if trailing { "/" } else { "" }))
+    }
+
+    /// Checks one generated path against a table: the forwarded path is normal, routes to the
+    /// same route, and a lenient backend reading it lands in that same route.
+    fn check_routing(t: &RoutingTable, path: &str, decode_slashes: bool) -> Result<(), String> {
+        let Ok((route, forwarded)) = resolve(t, path) else {
+            return Ok(());
+        };
+        if route == "raw" {
+            return Ok(());
+        }
+        let again = resolve(t, &forwarded).map_err(|e| format!("{path} -> {forwarded} refused: {e}"))?;
+        if again != (route.clone(), forwarded.clone()) {
+            return Err(format!("{path} -> {route} {forwarded}, which resolves to {again:?}"));
+        }
+        let read = backend_reads(&forwarded, decode_slashes);
+        let backend_route = name(t, "app", &read).unwrap_or("<none>");
+        if backend_route != route {
+            return Err(format!(
+                "{path}: routed to {route} as {forwarded}, a backend reads {read} ({backend_route})"
+            ));
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+
+        #[test]
+        fn the_route_chosen_is_the_route_of_what_the_backend_reads(path in generated_path()) {
+            let t = table(PATHS);
+            check_routing(&t, &path, false).map_err(proptest::test_runner::TestCaseError::fail)?;
+            let strict = table(&format!("paths: {{ encoded_slashes: reject }}\n{PATHS}"));
+            check_routing(&strict, &path, true).map_err(proptest::test_runner::TestCaseError::fail)?;
         }
     }
 }

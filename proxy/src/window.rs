@@ -58,24 +58,28 @@ impl WindowTotals {
     /// where the running count reaches `q` (an over-estimate by at most one bucket).
     /// `None` with no requests; `Duration::MAX` when it falls in the open last bucket.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
-        let total: u64 = self.latency.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let rank = (q * total as f64).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, n) in self.latency.iter().enumerate() {
-            seen += n;
-            if seen >= rank {
-                return Some(
-                    LATENCY_BOUNDS_MS
-                        .get(i)
-                        .map_or(Duration::MAX, |ms| Duration::from_millis(*ms)),
-                );
-            }
-        }
-        Some(Duration::MAX)
+        let i = quantile_bucket(&self.latency, q)?;
+        Some(
+            LATENCY_BOUNDS_MS
+                .get(i)
+                .map_or(Duration::MAX, |ms| Duration::from_millis(*ms)),
+        )
     }
+}
+
+/// The bucket in which the running count of a histogram reaches the share `q` of its total;
+/// `None` when it is empty.
+pub fn quantile_bucket(counts: &[u64], q: f64) -> Option<usize> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = (q * total as f64).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    counts.iter().position(|n| {
+        seen += n;
+        seen >= rank
+    })
 }
 
 /// Seconds since the process's clock origin, from an `Instant` the caller already has.

@@ -2086,18 +2086,21 @@ async fn upstream_reset_mid_body_is_an_error_for_h2_clients() {
     assert_eq!(backend.count(), 1);
 }
 
+/// `n` of a request head for the path `/n` (0 for any other path).
+fn script_number(head: &str) -> usize {
+    head.split(' ')
+        .nth(1)
+        .and_then(|p| p.trim_start_matches('/').parse().ok())
+        .unwrap_or(0)
+}
+
 /// A raw backend answering each request with `responses[n]` for the path `/n`, then closing.
 async fn scripted_backend(responses: &'static [&'static [u8]]) -> RawBackend {
     raw_backend(move |mut s, heads| async move {
         let Some(head) = read_head(&mut s, &heads).await else {
             return;
         };
-        let n: usize = head
-            .split(' ')
-            .nth(1)
-            .and_then(|p| p.trim_start_matches('/').parse().ok())
-            .unwrap_or(0);
-        let _ = s.write_all(responses[n]).await;
+        let _ = s.write_all(responses[script_number(&head)]).await;
         let _ = s.shutdown().await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     })
@@ -2172,6 +2175,94 @@ async fn upstream_content_length_with_transfer_encoding_gives_502() {
         &["CL 3 + chunked 11 bytes", "chunked 2 bytes + CL 40"],
     )
     .await;
+}
+
+/// What the backend of the unrequested-upgrade test saw after its 101 on each connection.
+#[derive(Debug, Clone, PartialEq)]
+enum AfterSwitch {
+    /// canaryd closed the upstream connection.
+    Closed,
+    /// Bytes arrived on the switched connection: canaryd made it a tunnel.
+    Tunnelled(String),
+    /// Neither within the wait.
+    Open,
+}
+
+/// A 101 is forwarded only for the switch the client asked for (RFC 9110 §15.2.2): a 101 to a
+/// request without `Upgrade`, to another protocol than the one offered, without `Connection:
+/// upgrade`, or to an HTTP/2 stream is a 502; the upstream connection is closed, never a tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrequested_switching_protocols_is_a_502_and_never_a_tunnel() {
+    static SWITCHES: &[&[u8]] = &[
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nBACKEND-TUNNEL",
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\nBACKEND-TUNNEL",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\nBACKEND-TUNNEL",
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nBACKEND-TUNNEL",
+    ];
+    let after: Arc<Mutex<Vec<AfterSwitch>>> = Arc::default();
+    let seen = after.clone();
+    let backend = raw_backend(move |mut s, heads| {
+        let seen = seen.clone();
+        async move {
+            let Some(head) = read_head(&mut s, &heads).await else {
+                return;
+            };
+            let _ = s.write_all(SWITCHES[script_number(&head)]).await;
+            let mut buf = [0u8; 256];
+            let outcome = match tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => AfterSwitch::Closed,
+                Ok(Ok(k)) => AfterSwitch::Tunnelled(String::from_utf8_lossy(&buf[..k]).into_owned()),
+                Err(_) => AfterSwitch::Open,
+            };
+            seen.lock().unwrap().push(outcome);
+        }
+    })
+    .await;
+    let proxy = Canaryd::start(&Canaryd::config(&app_route(&backend.endpoint())));
+    let websocket = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let cases = [
+        ("101 to a request without Upgrade", "/0", ""),
+        ("101 to h2c when websocket was offered", "/1", websocket),
+        ("101 without Connection: upgrade", "/2", websocket),
+    ];
+    let mut failures = Vec::new();
+    for (label, path, upgrade) in cases {
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: app\r\n{upgrade}\r\n");
+        s.write_all(request.as_bytes()).await.unwrap();
+        // What a client sends next must never reach the backend's switched connection.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = s.write_all(b"CLIENT-AFTER-SWITCH\r\n\r\n").await;
+        let started = Instant::now();
+        let ex = read_until_close(&mut s, started, started + Duration::from_secs(4)).await;
+        let statuses: Vec<u16> = parse_responses(&ex.bytes).iter().map(|r| r.status).collect();
+        if statuses.first() != Some(&502) || find(&ex.bytes, b"BACKEND-TUNNEL").is_some() {
+            failures.push(format!("[{label}] client got {}", show(&ex.bytes)));
+        }
+    }
+    // HTTP/2 cannot switch protocols at all.
+    match Client::h2c().get(proxy.addr, "app", "/3").await {
+        Ok(reply) if reply.status == 502 => {}
+        other => failures.push(format!("[101 to an HTTP/2 request] client got {other:?}")),
+    }
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while after.lock().unwrap().len() < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = after.lock().unwrap().clone();
+    if after != vec![AfterSwitch::Closed; 4] {
+        failures.push(format!("the backend's switched connections: {after:?}"));
+    }
+    let counted = proxy
+        .metric(r#"canaryd_upstream_errors_total{reason="upgrade",route="app",variant="stable"}"#)
+        .await;
+    if counted != 4.0 {
+        failures.push(format!(
+            "canaryd_upstream_errors_total{{reason=\"upgrade\"}} is {counted}"
+        ));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,6 +51,11 @@ fn route_lookup_corpus() {
 }
 
 #[test]
+fn path_corpus() {
+    replay("path", targets::path);
+}
+
+#[test]
 fn affinity_corpus() {
     replay("affinity", targets::affinity);
 }

@@ -607,9 +607,12 @@ async fn certificates_from_secrets_named_in_the_config_are_served_for_their_host
     let https = proxy.https.expect("https listener");
     let served = || async { https_get(&ca, https, "www.shop.example", "/").await };
     let deadline = Instant::now() + Duration::from_secs(10);
+    // The certificate may be served before the EndpointSlice watch has listed (a 503 then):
+    // wait for both.
     let (leaf, response) = loop {
         match served().await {
-            Ok(r) => break r,
+            Ok(r) if r.1.starts_with("HTTP/1.1 200") => break r,
+            Ok(r) => assert!(Instant::now() < deadline, "not served: {}", r.1),
             Err(e) => assert!(Instant::now() < deadline, "no certificate served: {e}"),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -241,6 +241,21 @@ fn print_routes(out: Output, routes: &[RouteStatus]) {
             format!("{}/{}", r.stable.requests, r.stable.server_errors),
             format!("{}/{}", r.canary.requests, r.canary.server_errors),
         );
+        // The verdict explains itself: each rule's figures, bounds and decision.
+        if let Some(a) = &r.analysis {
+            match &a.reason {
+                Some(why) => println!("  analysis {}: {why}", a.verdict),
+                None => println!("  analysis {}", a.verdict),
+            }
+            for c in &a.checks {
+                println!("    {} {}: {}", c.rule.as_str(), c.decision.as_str(), c.explanation);
+            }
+        }
+        if r.phase == Phase::Aborted {
+            if let Some(why) = &r.last_reason {
+                println!("  aborted: {why}");
+            }
+        }
     }
 }
 

@@ -84,6 +84,10 @@ pub struct CanaryRouteSpec {
     /// Tell the client which variant answered (`x-canary-variant` response header).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expose_variant: Option<bool>,
+    /// Forward the normalised request path (default true); false sends the client's own bytes, though the route is
+    /// still chosen by the normalised path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize_path: Option<bool>,
     /// The rollout plan: steps, timer and analysis.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutSpec>,
@@ -214,6 +218,16 @@ pub struct AnalysisSpec {
     /// Largest canary p99 latency such as `500ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_latency_p99: Option<String>,
+    /// Sequential mode: the false-abort rate of the whole analysis, e.g. 0.01 (every rule judged on all traffic since
+    /// the rollout began, with anytime-valid bounds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+    /// Largest increase of the canary's `latencyQuantile` over stable's, percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_latency_increase: Option<f64>,
+    /// The quantile `maxLatencyIncrease` compares, 0.5 to 0.999; default 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_quantile: Option<f64>,
     /// Consecutive failed checks before aborting; default 2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failures_before_abort: Option<u32>,
@@ -597,6 +611,39 @@ fn spec_field_names() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sequential_analysis_fields_reach_the_route() {
+        let object: CanaryRoute = serde_json::from_value(serde_json::json!({
+            "apiVersion": "canaryd.dev/v1alpha1",
+            "kind": "CanaryRoute",
+            "metadata": { "name": "web", "namespace": "prod" },
+            "spec": {
+                "stable": { "endpoints": ["10.0.0.1:80"] },
+                "rollout": { "analysis": { "alpha": 0.01, "maxLatencyIncrease": 20, "latencyQuantile": 0.9 } }
+            }
+        }))
+        .unwrap();
+        let route = object.to_route("default", 0).unwrap();
+        let a = route.rollout.analysis.unwrap();
+        assert_eq!(
+            (a.alpha, a.max_latency_increase, a.latency_quantile),
+            (Some(0.01), Some(20.0), 0.9)
+        );
+        let mut bad = object.clone();
+        bad.spec.rollout.as_mut().unwrap().analysis.as_mut().unwrap().alpha = Some(0.9);
+        let err = bad.to_route("default", 0).unwrap_err().to_string();
+        assert!(err.contains("spec.rollout.analysis.alpha"), "{err}");
+    }
+
+    #[test]
+    fn the_example_canaryroute_is_valid() {
+        let text = include_str!("../../../examples/kubernetes/canaryroute.yaml");
+        let value: Value = serde_yaml_ng::from_str(text).unwrap();
+        let object = CanaryRoute::from_value_strict(value).unwrap();
+        let route = object.to_route("default", 0).unwrap();
+        assert_eq!(route.rollout.analysis.and_then(|a| a.alpha), Some(0.01));
+    }
 
     #[test]
     fn case_conversions_round_trip() {

@@ -1073,9 +1073,32 @@ mod tests {
                 one_path("d.example", "/", "Prefix", "s", json!(80)),
             ),
             ingress("ns", "no-spec", 1, &[], json!({})),
+            // Not a request path's normal form: no normalised request could ever match it.
+            ingress(
+                "ns",
+                "dot-path",
+                1,
+                &[],
+                one_path("e.example", "/app/../admin", "Prefix", "svc", json!(80)),
+            ),
+            ingress(
+                "ns",
+                "double-slash",
+                1,
+                &[],
+                one_path("f.example", "/app//admin", "Exact", "svc", json!(80)),
+            ),
         ]);
         assert_eq!(names(&out), ["ns-resource-1"]);
-        assert_eq!(out.problems.len(), 5, "{:?}", out.problems);
+        assert_eq!(out.problems.len(), 7, "{:?}", out.problems);
+        assert!(has_problem(
+            &out,
+            &["ns/dot-path", "path_prefix", "not a normalised path"]
+        ));
+        assert!(has_problem(
+            &out,
+            &["ns/double-slash", "path_prefix", "write \"/app/admin\""]
+        ));
         assert!(has_problem(
             &out,
             &["ns/resource spec.rules[0].http.paths[0]", "StorageBucket assets"]
