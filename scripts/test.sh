@@ -14,6 +14,9 @@ command -v python3 >/dev/null || need+=(python3 python3-pip)
 # curl and h2load are the real clients of the TLS tests (ALPN h2 included).
 command -v curl >/dev/null || need+=(curl)
 command -v h2load >/dev/null || need+=(nghttp2-client)
+# The real-Kubernetes tests run their cluster in a network namespace of their own.
+command -v unshare >/dev/null || need+=(util-linux)
+command -v ip >/dev/null || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -35,6 +38,10 @@ python3 -c "import helm_python, jsonschema" 2>/dev/null || python3 -m pip instal
 
 echo "== kubernetes-validate (CRD, RBAC, examples)"
 kubernetes-validate --strict --quiet deploy/crds/*.yaml deploy/*.yaml examples/kubernetes/*.yaml
+
+echo "== the real-Kubernetes test bed (testbed/, Go; built once into a cache keyed by its versions)"
+bash scripts/testbed.sh >/dev/null
+(cd testbed && test -z "$(gofmt -l .)" && go vet ./...)
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -53,7 +53,7 @@ pub fn bin_dir() -> PathBuf {
         }
         let status = cmd.status().expect("run cargo build for canaryd");
         assert!(status.success(), "building canaryd failed");
-        for bin in ["canaryd", "canaryctl"] {
+        for bin in ["canaryd", "canaryctl", "test-backend"] {
             assert!(dir.join(bin).exists(), "{bin} missing in {} after build", dir.display());
         }
         dir

@@ -7,6 +7,7 @@ pub mod client;
 pub mod cluster;
 pub mod kube_api;
 pub mod rbac;
+pub mod testbed;
 
 pub use backend::{Backend, BackendHandle, Recorded, TlsSeen};
 pub use canaryd::Canaryd;
