@@ -137,17 +137,8 @@ func (p *pod) beginTermination(ctx context.Context, grace time.Duration) {
 
 // terminate sends SIGTERM to every process, waits up to grace, then SIGKILLs the rest.
 func (p *pod) terminate(grace time.Duration) {
-	p.mu.Lock()
-	var waits []chan struct{}
-	for _, c := range p.containers {
-		if c.running {
-			syscall.Kill(-c.cmd.Process.Pid, syscall.SIGTERM)
-			waits = append(waits, c.exited)
-		}
-	}
-	p.mu.Unlock()
 	deadline := time.After(grace)
-	for _, w := range waits {
+	for _, w := range p.signal(syscall.SIGTERM, false) {
 		select {
 		case <-w:
 		case <-deadline:
@@ -159,19 +150,27 @@ func (p *pod) terminate(grace time.Duration) {
 
 // kill ends every process now.
 func (p *pod) kill() {
+	for _, w := range p.signal(syscall.SIGKILL, true) {
+		<-w
+	}
+}
+
+// signal sends sig to the process group of every running container (marking the pod
+// stopped first when stop is set, so none is restarted) and returns their exit channels.
+func (p *pod) signal(sig syscall.Signal, stop bool) []chan struct{} {
 	p.mu.Lock()
-	p.stopped = true
+	defer p.mu.Unlock()
+	if stop {
+		p.stopped = true
+	}
 	var waits []chan struct{}
 	for _, c := range p.containers {
 		if c.running {
-			syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
+			syscall.Kill(-c.cmd.Process.Pid, sig)
 			waits = append(waits, c.exited)
 		}
 	}
-	p.mu.Unlock()
-	for _, w := range waits {
-		<-w
-	}
+	return waits
 }
 
 // supervise runs one container's process, restarting it as the restart policy says.
