@@ -8,59 +8,17 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use canary_tests::cluster::{spread, wait_ready, Load};
-use canary_tests::testbed::{self, Testbed, BACKEND_IMAGE};
+use canary_tests::objects::{backend_deployment, namespace, service, tls_secret};
+use canary_tests::testbed::{self, AuditEvent, Testbed};
 use canary_tests::{Canaryd, Client};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)).unwrap()
-}
-
-/// A Deployment of the test backend: each Pod answers with its own name, drains for
-/// `drain_ms` after SIGTERM, and is ready when it answers `GET /`.
-fn backend_deployment(namespace: &str, name: &str, labels: Value, replicas: u32, drain_ms: u64) -> Value {
-    json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "terminationGracePeriodSeconds": 15,
-                    "containers": [{
-                        "name": "app",
-                        "image": BACKEND_IMAGE,
-                        "args": ["--listen=$(POD_IP):8080", "--name=$(POD_NAME)", format!("--drain-ms={drain_ms}")],
-                        "env": [
-                            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-                            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
-                        ],
-                        "ports": [{"name": "http", "containerPort": 8080}],
-                        "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1}
-                    }]
-                }
-            }
-        }
-    })
-}
-
-fn namespace(name: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-}
-
-fn service(namespace: &str, name: &str, selector: Value) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}
-    })
 }
 
 async fn apply_all(client: &kube::Client, objects: &[Value]) {
@@ -249,17 +207,10 @@ async fn endpoints_follow_real_deployments_scaling_up_and_down() {
     );
 }
 
-/// The CanaryRoute CRD of `deploy/crds/` on the real API server: its structural schema is
-/// accepted (the CRD becomes Established), the example object is stored, and objects that
-/// break the schema are refused by the server's own validation, naming the field.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_canary_route_crd_is_accepted_and_bad_objects_are_refused_by_the_server() {
-    if !testbed::in_pod_network("the_canary_route_crd_is_accepted_and_bad_objects_are_refused_by_the_server") {
-        return;
-    }
-    let bed = Testbed::start();
-    let admin = bed.admin().await;
-    testbed::apply_yaml(&admin, &read("deploy/crds/canaryroute.yaml")).await;
+/// Applies `deploy/crds/canaryroute.yaml` and waits until the server established it (its
+/// schema structural) and serves the kind.
+async fn install_canary_route_crd(admin: &kube::Client) {
+    testbed::apply_yaml(admin, &read("deploy/crds/canaryroute.yaml")).await;
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(admin.clone());
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -281,13 +232,29 @@ async fn the_canary_route_crd_is_accepted_and_bad_objects_are_refused_by_the_ser
         assert!(Instant::now() < deadline, "CRD not established: {conditions:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    apply_all(&admin, &[namespace("prod")]).await;
     // Discovery of the new kind can lag the Established condition by a moment.
+    let gvk = kube::core::GroupVersionKind::gvk("canaryd.dev", "v1alpha1", "CanaryRoute");
+    while let Err(e) = kube::discovery::pinned_kind(admin, &gvk).await {
+        assert!(Instant::now() < deadline, "CanaryRoutes not discovered: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The CanaryRoute CRD of `deploy/crds/` on the real API server: its structural schema is
+/// accepted (the CRD becomes Established), the example object is stored, and objects that
+/// break the schema are refused by the server's own validation, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_canary_route_crd_is_accepted_and_bad_objects_are_refused_by_the_server() {
+    if !testbed::in_pod_network("the_canary_route_crd_is_accepted_and_bad_objects_are_refused_by_the_server") {
+        return;
+    }
+    let bed = Testbed::start();
+    let admin = bed.admin().await;
+    install_canary_route_crd(&admin).await;
+    apply_all(&admin, &[namespace("prod")]).await;
     let example: Value = serde_yaml_ng::from_str(&read("examples/kubernetes/canaryroute.yaml")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while let Err(e) = testbed::apply(&admin, &example).await {
-        assert!(Instant::now() < deadline, "the example CanaryRoute was refused: {e}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    if let Err(e) = testbed::apply(&admin, &example).await {
+        panic!("the example CanaryRoute was refused: {e}");
     }
 
     let with = |name: &str, change: &dyn Fn(&mut Value)| {
@@ -335,5 +302,332 @@ async fn the_canary_route_crd_is_accepted_and_bad_objects_are_refused_by_the_ser
             }
             Err(e) => panic!("{what}: {e}"),
         }
+    }
+}
+
+/// canaryd's user on the test bed (`deploy/rbac.yaml`'s ServiceAccount).
+const CANARYD_USER: &str = "system:serviceaccount:canaryd:canaryd";
+
+/// The config of the all-features run: routes from a CanaryRoute and an Ingress, the
+/// Lease in namespace canaryd, Ingress status from a LoadBalancer Service, a TLS Secret.
+fn every_feature_config() -> String {
+    Canaryd::config(
+        "kubernetes: { namespace: canaryd, ingress_class: canaryd, publish_service: canaryd/canaryd-lb, lease_duration: 3s }\ntls: { secrets: [{ hosts: [web.example], secret: prod/web-tls }] }\n",
+    )
+    .replace("listen: {", "listen: { https: \"127.0.0.1:0\",")
+}
+
+/// What the all-features run needs in the cluster; returns the stable and canary Pods.
+async fn every_feature_cluster(bed: &Testbed, admin: &kube::Client) -> (String, String) {
+    install_canary_route_crd(admin).await;
+    let stable_labels = json!({"app": "web", "track": "stable"});
+    let canary_labels = json!({"app": "web", "track": "canary"});
+    let mut secret = serde_json::to_value(tls_secret("prod", "web-tls", "web.example")).unwrap();
+    secret["apiVersion"] = json!("v1");
+    secret["kind"] = json!("Secret");
+    apply_all(
+        admin,
+        &[
+            namespace("prod"),
+            namespace("canaryd"),
+            service("prod", "web", stable_labels.clone()),
+            backend_deployment("prod", "web", stable_labels, 1, 0),
+            backend_deployment("prod", "web-canary", canary_labels, 1, 0),
+            // canaryd's own LoadBalancer Service: its address goes into Ingress status.
+            json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "canaryd-lb", "namespace": "canaryd"},
+                "spec": {"type": "LoadBalancer", "selector": {"app": "canaryd"},
+                         "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+            }),
+            // Its backend's port by number: canaryd watches the Service to name it.
+            json!({
+                "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": "shop", "namespace": "prod"},
+                "spec": {"ingressClassName": "canaryd", "rules": [{"host": "shop.example", "http": {"paths": [
+                    {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}}
+                ]}}]}
+            }),
+            secret,
+            // The TLS Secret, granted by name (deploy/rbac.yaml's comment).
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": "canaryd-tls", "namespace": "prod"},
+                "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["web-tls"], "verbs": ["list", "watch"]}]
+            }),
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "canaryd-tls", "namespace": "prod"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "canaryd-tls"},
+                "subjects": [{"kind": "ServiceAccount", "name": "canaryd", "namespace": "canaryd"}]
+            }),
+            json!({
+                "apiVersion": "canaryd.dev/v1alpha1", "kind": "CanaryRoute",
+                "metadata": {"name": "web", "namespace": "prod"},
+                "spec": {
+                    "hosts": ["web.example"],
+                    "stable": {"kubernetes": {"service": "web", "port": "http"}},
+                    "canary": {"kubernetes": {"selector": "app=web,track=canary", "port": 8080}},
+                    "weight": 0
+                }
+            }),
+        ],
+    )
+    .await;
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(admin.clone(), "canaryd");
+    services
+        .patch_status(
+            "canaryd-lb",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}}})),
+        )
+        .await
+        .unwrap();
+    let stable = wait_pods(bed, admin, "prod", "app=web,track=stable", 1).await;
+    let canary = wait_pods(bed, admin, "prod", "app=web,track=canary", 1).await;
+    (stable.into_iter().next().unwrap(), canary.into_iter().next().unwrap())
+}
+
+async fn set_weight(proxy: &Canaryd, percent: u32) -> (u16, String) {
+    let (code, _, body) = canary_tests::client::admin_call(
+        proxy.admin,
+        "PUT",
+        "/api/v1/routes/web/weight",
+        &[("content-type", "application/json")],
+        &format!(r#"{{"percent": {percent}}}"#),
+    )
+    .await;
+    (code.as_u16(), body.to_string())
+}
+
+/// Waits for `done` (polled every 100 ms) or panics with `what` and canaryd's log.
+async fn wait_for<F: std::future::Future<Output = bool>>(
+    proxy: &Canaryd,
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + timeout;
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what}\n{}", tail(&proxy.log().join("\n")));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Everything kubernetes mode does, against the real API server as the ServiceAccount of
+/// `deploy/rbac.yaml`: discovery by Service and by selector, a CanaryRoute and its status
+/// (two weight changes: a status update each and an Event, then the same Event patched
+/// into a series), the Lease created and renewed, an Ingress served and its status set
+/// from the LoadBalancer Service, a TLS Secret loaded. The API server's audit log then
+/// shows that every request was allowed by the real RBAC authorizer, that each is a call
+/// of `API_CALLS` and that each listed call was made.
+///
+/// Then each rule of `deploy/rbac.yaml` in turn is removed: canaryd, started again, is
+/// refused by the authorizer (a `forbid` in the audit log for that rule's resource) and
+/// says so in its log. So no rule is dead weight, and none is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_rbac_grants_what_canaryd_does_and_each_rule_is_needed() {
+    if !testbed::in_pod_network("deploy_rbac_grants_what_canaryd_does_and_each_rule_is_needed") {
+        return;
+    }
+    let bed = Testbed::start();
+    let admin = bed.admin().await;
+    let rbac = read("deploy/rbac.yaml");
+    let (stable_pod, canary_pod) = every_feature_cluster(&bed, &admin).await;
+    let config = every_feature_config();
+    let (proxy, dir) = canaryd_as_service_account(&bed, &admin, &rbac, &config).await;
+    wait_ready(&proxy).await;
+
+    let client = Client::new();
+    for (header, host, pod) in [
+        (("x-canary", "always"), "web.example", &canary_pod),
+        (("x-canary", "never"), "web.example", &stable_pod),
+        (("x-none", "-"), "shop.example", &stable_pod),
+    ] {
+        let r = client.send(proxy.addr, host, "/", &[header]).await.unwrap();
+        assert_eq!(r.backend(), Some(pod.as_str()), "{host} {header:?}: {}", r.text());
+    }
+    for percent in [10, 20] {
+        let (code, body) = set_weight(&proxy, percent).await;
+        assert_eq!(code, 200, "{body}");
+    }
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), "prod");
+    wait_for(
+        &proxy,
+        "the repeated Weight Event was not patched into a series",
+        Duration::from_secs(15),
+        || async {
+            events
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .any(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("web")
+                        && e.reason.as_deref() == Some("Weight")
+                        && e.series.as_ref().is_some_and(|s| s.count == 2)
+                })
+        },
+    )
+    .await;
+    let ingresses: Api<k8s_openapi::api::networking::v1::Ingress> = Api::namespaced(admin.clone(), "prod");
+    wait_for(
+        &proxy,
+        "no LoadBalancer address in the Ingress status",
+        Duration::from_secs(15),
+        || async {
+            let shop = ingresses.get_status("shop").await.unwrap();
+            let ip = shop
+                .status
+                .and_then(|s| s.load_balancer)
+                .and_then(|l| l.ingress)
+                .and_then(|i| i.into_iter().next())
+                .and_then(|i| i.ip);
+            ip.as_deref() == Some("192.0.2.10")
+        },
+    )
+    .await;
+    wait_for(&proxy, "the Lease was not renewed", Duration::from_secs(15), || async {
+        bed.audit(CANARYD_USER)
+            .iter()
+            .any(|e| e.verb == "update" && e.request_uri.contains("/leases/"))
+    })
+    .await;
+    wait_for(
+        &proxy,
+        "the Secret's certificate is not loaded",
+        Duration::from_secs(15),
+        || async {
+            proxy
+                .metric(r#"canaryd_certificate_expiry_seconds{cert="secret:prod/web-tls"}"#)
+                .await
+                > 0.0
+        },
+    )
+    .await;
+
+    let audit = bed.audit(CANARYD_USER);
+    let refused: Vec<&AuditEvent> = audit.iter().filter(|e| e.decision() != "allow").collect();
+    assert!(refused.is_empty(), "the real authorizer refused canaryd: {refused:#?}");
+    let requests: Vec<(String, String)> = audit.iter().map(AuditEvent::method_and_path).collect();
+    eprintln!("{} requests by canaryd, all allowed", requests.len());
+    let unlisted = canary_tests::rbac::unlisted(&requests, "canaryd");
+    assert!(
+        unlisted.is_empty(),
+        "requests that API_CALLS does not list:\n{}",
+        unlisted.join("\n")
+    );
+    let unused = canary_tests::rbac::unused(&requests, "canaryd");
+    assert!(
+        unused.is_empty(),
+        "API_CALLS (and so the RBAC) lists calls canaryd never made:\n{}",
+        unused.join("\n")
+    );
+    drop(proxy);
+    drop(dir);
+
+    // Each rule removed in turn: the real authorizer refuses canaryd.
+    let documents: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&rbac)
+        .map(|d| Value::deserialize(d).unwrap())
+        .collect();
+    let tokens = tempfile::tempdir().unwrap();
+    let ingress_status_clear = json!({"status": {"loadBalancer": {"ingress": null}}});
+    for role in documents
+        .iter()
+        .filter(|d| matches!(d["kind"].as_str(), Some("ClusterRole" | "Role")))
+    {
+        let rules = role["rules"].as_array().unwrap();
+        for (i, rule) in rules.iter().enumerate() {
+            let mut without = role.clone();
+            without["rules"].as_array_mut().unwrap().remove(i);
+            testbed::apply(&admin, &without).await.unwrap();
+            let group = rule["apiGroups"][0].as_str().unwrap();
+            let resource = rule["resources"][0].as_str().unwrap();
+            let verb = rule["verbs"][0].as_str().unwrap();
+            wait_denied(&admin, group, resource, verb).await;
+            // Status that is already right is not written again: clear it.
+            ingresses
+                .patch_status("shop", &PatchParams::default(), &Patch::Merge(&ingress_status_clear))
+                .await
+                .unwrap();
+            let seen = bed.audit(CANARYD_USER).len();
+            let kubeconfig = bed
+                .service_account_kubeconfig(&admin, "canaryd", "canaryd", tokens.path())
+                .await;
+            let proxy = Canaryd::start_kubernetes(&config, &kubeconfig);
+            let started = Instant::now();
+            let (wanted_group, wanted_resource) = (group.to_string(), resource.to_string());
+            let mut percent = 30;
+            let forbid = loop {
+                let audit = bed.audit(CANARYD_USER);
+                let hit = audit[seen.min(audit.len())..]
+                    .iter()
+                    .find(|e| {
+                        let (m, p) = e.method_and_path();
+                        e.decision() == "forbid"
+                            && canary_tests::rbac::attributes(&m, &p)
+                                .is_some_and(|a| a.group == wanted_group && a.resource == wanted_resource)
+                    })
+                    .cloned();
+                if let Some(hit) = hit {
+                    break hit;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "without rule {group}/{resource} {:?}, canaryd was never refused\n{}",
+                    rule["verbs"],
+                    tail(&proxy.log().join("\n"))
+                );
+                // A status update and an Event come with a weight change.
+                percent = if percent == 30 { 40 } else { 30 };
+                let _ = tokio::time::timeout(Duration::from_secs(2), set_weight(&proxy, percent)).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            assert!(
+                proxy.wait_log("forbidden", Duration::from_secs(10)),
+                "canaryd did not report the refusal of {} {}\n{}",
+                forbid.verb,
+                forbid.request_uri,
+                tail(&proxy.log().join("\n"))
+            );
+            eprintln!(
+                "without {group}/{resource} {}: {} {} forbidden after {:?}",
+                rule["verbs"],
+                forbid.verb,
+                forbid.request_uri,
+                started.elapsed()
+            );
+            drop(proxy);
+            testbed::apply(&admin, role).await.unwrap();
+        }
+    }
+}
+
+/// Waits until the real authorizer (a SubjectAccessReview) denies canaryd `verb` on
+/// `group/resource` in namespace canaryd: RBAC changes reach it through an informer.
+async fn wait_denied(admin: &kube::Client, group: &str, resource: &str, verb: &str) {
+    let reviews: Api<k8s_openapi::api::authorization::v1::SubjectAccessReview> = Api::all(admin.clone());
+    let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+    let review: k8s_openapi::api::authorization::v1::SubjectAccessReview = serde_json::from_value(json!({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {
+            "user": CANARYD_USER,
+            "groups": ["system:serviceaccounts", "system:serviceaccounts:canaryd", "system:authenticated"],
+            "resourceAttributes": {"group": group, "resource": resource, "subresource": subresource, "verb": verb, "namespace": "canaryd"}
+        }
+    }))
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = reviews
+            .create(&kube::api::PostParams::default(), &review)
+            .await
+            .unwrap();
+        if !answer.status.is_some_and(|s| s.allowed) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{verb} {group}/{resource} still allowed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

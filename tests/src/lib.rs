@@ -6,6 +6,7 @@ pub mod canaryd;
 pub mod client;
 pub mod cluster;
 pub mod kube_api;
+pub mod objects;
 pub mod rbac;
 pub mod testbed;
 

@@ -44,6 +44,67 @@ pub struct Info {
     pub pod_network: String,
     /// The components' logs.
     pub logs: PathBuf,
+    /// The API server's audit log: the requests of ServiceAccounts in namespace `canaryd`.
+    pub audit_log: PathBuf,
+}
+
+/// One request as the API server's audit log recorded it (Metadata level).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEvent {
+    /// The request's id (a watch has two events: ResponseStarted, ResponseComplete).
+    #[serde(rename = "auditID")]
+    pub audit_id: String,
+    /// The Kubernetes verb: get, list, watch, create, update, patch, delete.
+    pub verb: String,
+    /// Path and query.
+    #[serde(rename = "requestURI")]
+    pub request_uri: String,
+    /// Who asked.
+    pub user: AuditUser,
+    /// The status answered, once there is one.
+    #[serde(default)]
+    pub response_status: Option<AuditStatus>,
+    /// `authorization.k8s.io/decision` (allow, forbid) and `.../reason` among them.
+    #[serde(default)]
+    pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+/// The user of an [`AuditEvent`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuditUser {
+    /// `system:serviceaccount:{namespace}:{name}` for a ServiceAccount.
+    pub username: String,
+}
+
+/// The answer of an [`AuditEvent`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuditStatus {
+    /// HTTP status code.
+    #[serde(default)]
+    pub code: u16,
+}
+
+impl AuditEvent {
+    /// The authorizer's decision ("allow" or "forbid").
+    pub fn decision(&self) -> &str {
+        self.annotations
+            .get("authorization.k8s.io/decision")
+            .map_or("", String::as_str)
+    }
+
+    /// The HTTP method and path of the request, as `canary_tests::rbac` takes them.
+    pub fn method_and_path(&self) -> (String, String) {
+        let method = match self.verb.as_str() {
+            "get" | "list" | "watch" => "GET",
+            "create" => "POST",
+            "update" => "PUT",
+            "patch" => "PATCH",
+            "delete" | "deletecollection" => "DELETE",
+            other => other,
+        };
+        (method.to_string(), self.request_uri.clone())
+    }
 }
 
 /// A running test bed.
@@ -189,6 +250,17 @@ impl Testbed {
         dirs.filter_map(Result::ok)
             .filter(|d| d.file_name().to_string_lossy().starts_with(&prefix))
             .map(|d| std::fs::read_to_string(d.path().join(format!("{container}.log"))).unwrap_or_default())
+            .collect()
+    }
+
+    /// The requests of `user` recorded so far, one per request (a watch's two stages are
+    /// one), in the order the API server finished or started answering them.
+    pub fn audit(&self, user: &str) -> Vec<AuditEvent> {
+        let text = std::fs::read_to_string(&self.info.audit_log).unwrap_or_default();
+        let mut seen = std::collections::HashSet::new();
+        text.lines()
+            .filter_map(|line| serde_json::from_str::<AuditEvent>(line).ok())
+            .filter(|e| e.user.username == user && seen.insert(e.audit_id.clone()))
             .collect()
     }
 

@@ -39,7 +39,22 @@ type Info struct {
 	Node            string `json:"node"`
 	PodNetwork      string `json:"podNetwork"`
 	Logs            string `json:"logs"`
+	// AuditLog holds the API server's audit events (JSON lines) for the requests of
+	// ServiceAccounts in namespace "canaryd": every call canaryd makes, with the
+	// authorizer's decision.
+	AuditLog string `json:"auditLog"`
 }
+
+// auditPolicy records canaryd's requests (ServiceAccounts of namespace canaryd) at the
+// Metadata level and nothing else, so the log stays small beside the controllers.
+const auditPolicy = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: ["system:serviceaccounts:canaryd"]
+  - level: None
+`
 
 // Options of `testbed up`.
 type Options struct {
@@ -220,7 +235,12 @@ func Up(opts Options) error {
 		Node:            "node-1",
 		PodNetwork:      network,
 		Logs:            filepath.Join(dir, "logs"),
+		AuditLog:        filepath.Join(dir, "logs", "audit.log"),
 	}}
+	policy := filepath.Join(dir, "audit-policy.yaml")
+	if err := os.WriteFile(policy, []byte(auditPolicy), 0o644); err != nil {
+		return err
+	}
 	if err := writeKubeconfig(b.info.AdminKubeconfig, b.info.Server, p); err != nil {
 		return err
 	}
@@ -247,6 +267,8 @@ func Up(opts Options) error {
 		"--service-cluster-ip-range=10.0.0.0/24",
 		"--allow-privileged=true",
 		"--cert-dir=" + filepath.Join(dir, "pki"),
+		"--audit-policy-file=" + policy, "--audit-log-path=" + b.info.AuditLog,
+		"--audit-log-format=json", "--audit-log-mode=blocking",
 		"--profiling=false", "-v=1",
 	}}
 	kubeconfig := b.info.AdminKubeconfig
