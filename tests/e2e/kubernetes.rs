@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use canary_tests::cluster::{pods, spread, wait_ready, Load};
+use canary_tests::cluster::{pods, spread, wait_ready};
 use canary_tests::kube_api::{self, KubeApi};
 use canary_tests::{admin_call, Backend, Canaryd, Client};
 use serde_json::{json, Value};
@@ -23,135 +23,6 @@ async fn wait_spread(client: &Client, proxy: &Canaryd, host: &str, backends: &[&
         assert!(started.elapsed() < timeout, "requests reach {got:?}, not {backends:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn discovery_follows_ready_terminating_and_relists_after_410() {
-    let api = KubeApi::start().await;
-    // No bookmarks: one could hand canaryd the expired-to resourceVersion and spare it the 410.
-    api.set_bookmark_interval(Duration::from_secs(3600));
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = api.write_kubeconfig(dir.path());
-    let (port, stable) = pods(&["pod-a", "pod-b", "pod-c"], 2).await;
-    let (canary_port, canary) = pods(&["canary-pod"], 20).await;
-    let ip = |i: u8| format!("127.0.0.{i}");
-    let slice =
-        |eps: &[(&str, bool, bool, bool)]| kube_api::endpoint_slice("prod", "app-x1", "app", "http", port.into(), eps);
-    // pod-a ready, pod-b still starting.
-    api.apply(slice(&[(&ip(2), true, true, false), (&ip(3), false, false, false)]));
-    api.apply(kube_api::pod(
-        "prod",
-        "canary-1",
-        &[("id", "app"), ("type", "canary")],
-        &ip(20),
-        false,
-    ));
-
-    let proxy = Canaryd::start_kubernetes(
-        &Canaryd::config(&format!(
-            "kubernetes: {{ namespace: prod, ingress_class: null, canary_routes: false }}\nroutes:\n  - name: app\n    hosts: [app.example]\n    stable: {{ kubernetes: {{ service: app, port: http }} }}\n    canary: {{ kubernetes: {{ selector: \"id=app,type=canary\", port: {canary_port} }} }}\n    weight: 0\n"
-        )),
-        &kubeconfig,
-    );
-    wait_ready(&proxy).await;
-    let client = Client::new();
-    assert_eq!(
-        spread(&client, &proxy, "app.example", &[], 40).await,
-        HashMap::from([("pod-a".to_string(), 40)]),
-        "only the ready pod takes requests"
-    );
-    // The canary Pod is not ready: a forced canary request falls back to stable.
-    let forced = [("x-canary", "always")];
-    let r = client.send(proxy.addr, "app.example", "/", &forced).await.unwrap();
-    assert_eq!(r.backend(), Some("pod-a"));
-
-    // Pods become ready → traffic reaches them.
-    api.apply(slice(&[(&ip(2), true, true, false), (&ip(3), true, true, false)]));
-    let took = wait_spread(
-        &client,
-        &proxy,
-        "app.example",
-        &["pod-a", "pod-b"],
-        Duration::from_secs(5),
-    )
-    .await;
-    eprintln!("pod-b ready → serving after {took:?}");
-    api.apply(kube_api::pod(
-        "prod",
-        "canary-1",
-        &[("id", "app"), ("type", "canary")],
-        &ip(20),
-        true,
-    ));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = client.send(proxy.addr, "app.example", "/", &forced).await.unwrap();
-        if r.backend() == Some("canary-pod") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the ready canary Pod never served");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(canary[0].count(), 1);
-
-    // pod-a turns terminating under load: no request fails, and it gets no new ones.
-    let load = Load::start(proxy.addr, "app.example", 4_000);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    api.apply(slice(&[(&ip(2), false, true, true), (&ip(3), true, true, false)]));
-    wait_spread(&client, &proxy, "app.example", &["pod-b"], Duration::from_secs(5)).await;
-    let a_after = stable[0].count();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (sent, failed) = load.stop().await;
-    eprintln!("terminating pod-a: {sent} requests under load, {failed} failed");
-    assert_eq!(failed, 0);
-    assert!(sent > 100, "the load ran ({sent})");
-    assert!(
-        stable[0].count() <= a_after + 4,
-        "pod-a got new requests after it began terminating"
-    );
-
-    // The watch drops and its resourceVersion expires (410 Gone on re-watch); meanwhile the
-    // set changes. Nothing fails, and the re-list applies the new set whole.
-    let lists_before = endpointslice_lists(&api);
-    let load = Load::start(proxy.addr, "app.example", 4_000);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    api.expire_watches();
-    api.apply(slice(&[(&ip(3), false, true, true), (&ip(4), true, true, false)]));
-    let took = wait_spread(&client, &proxy, "app.example", &["pod-c"], Duration::from_secs(15)).await;
-    let (sent, failed) = load.stop().await;
-    eprintln!("watch dropped + 410: new set applied after {took:?}; {sent} requests under load, {failed} failed");
-    assert_eq!(failed, 0);
-    assert!(
-        endpointslice_lists(&api) > lists_before,
-        "canaryd did not re-list the EndpointSlices: {:#?}",
-        api.requests()
-            .iter()
-            .filter(|(_, p)| p.contains("endpointslices"))
-            .collect::<Vec<_>>()
-    );
-    assert_eq!(
-        proxy
-            .metric(r#"canaryd_discovery_synced{route="app",variant="stable"}"#)
-            .await,
-        1.0
-    );
-    assert_eq!(
-        proxy
-            .metric(r#"canaryd_endpoints{route="app",state="healthy",variant="stable"}"#)
-            .await,
-        1.0
-    );
-    let (_, _, status) = admin_call(proxy.admin, "GET", "/api/v1/routes/app", &[], "").await;
-    assert_eq!(status["stable"]["endpoints"], json!(1), "{status}");
-    assert_eq!(
-        status["stable"]["discovery"]["source"],
-        json!("service prod/app:http"),
-        "{status}"
-    );
-    assert_eq!(status["stable"]["discovery"]["synced"], json!(true));
-    assert_eq!(status["stable"]["discovery"]["stale_seconds"], json!(0.0));
-    assert_requests_allowed_and_listed(&api, "prod", "");
-    drop(stable);
 }
 
 /// Every request canaryd made is allowed by the RBAC rules we ship (plus `extra_rbac`, the
@@ -173,16 +44,6 @@ fn assert_requests_allowed_and_listed(api: &KubeApi, namespace: &str, extra_rbac
         "requests that are no call of API_CALLS (control/src/kubernetes/api_calls.rs):\n{}",
         unlisted.join("\n")
     );
-}
-
-/// List (not watch) requests for EndpointSlices seen by the API server.
-fn endpointslice_lists(api: &KubeApi) -> usize {
-    api.requests()
-        .iter()
-        .filter(|(m, p)| {
-            m == "GET" && p.contains("endpointslices") && !p.contains("watch=true") && !p.contains("watch=1")
-        })
-        .count()
 }
 
 const WEB: &str = "web.example";
@@ -642,121 +503,6 @@ async fn a_services_slices_are_merged_deduplicated_and_their_named_port_resolved
         .is_some());
     wait_spread(&client, &proxy, "app.example", &["b2", "c2"], Duration::from_secs(5)).await;
     assert_eq!(stable_endpoints(&proxy).await, json!(2));
-    assert_requests_allowed_and_listed(&api, "prod", "");
-}
-
-/// The route `app` of Service `app`'s EndpointSlices (port `http`) and nothing else from
-/// the cluster, so only discovery talks to the API server.
-fn discovery_only_config() -> String {
-    Canaryd::config(
-        "kubernetes: { namespace: prod, ingress_class: null, canary_routes: false }\nroutes:\n  - name: app\n    hosts: [app.example]\n    stable: { kubernetes: { service: app, port: http } }\n",
-    )
-}
-
-/// A real API outage (the server stops listening and cuts its connections): canaryd keeps
-/// serving the last known endpoints with no failed request, reports the variant as stale
-/// in `canaryd_discovery_stale_seconds` and in the route status, and when the server is
-/// back with a new endpoint set and its history compacted (so resuming the old watch gets
-/// 410 Gone) it re-lists: the new set is served and staleness is 0 again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_api_outage_keeps_the_last_endpoints_reports_staleness_and_relists() {
-    let api = KubeApi::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = api.write_kubeconfig(dir.path());
-    let (port, _pods) = pods(&["a", "b", "c"], 50).await;
-    let ip = |i: u8| format!("127.0.0.{i}");
-    let slice = |addresses: &[&str]| slice_with_ports("app-1", &[("http", port)], addresses);
-    api.apply(slice(&[&ip(50), &ip(51)]));
-    let proxy = Canaryd::start_kubernetes(&discovery_only_config(), &kubeconfig);
-    wait_ready(&proxy).await;
-    let client = Client::new();
-    wait_spread(&client, &proxy, "app.example", &["a", "b"], Duration::from_secs(5)).await;
-    const STALE: &str = r#"canaryd_discovery_stale_seconds{route="app",variant="stable"}"#;
-    // A healthy watch is not stale: without this the check below could pass on a gauge
-    // that is always above 0.
-    assert_eq!(proxy.metric(STALE).await, 0.0);
-    let (_, _, status) = admin_call(proxy.admin, "GET", "/api/v1/routes/app", &[], "").await;
-    assert_eq!(status["stable"]["discovery"]["stale_seconds"], json!(0.0), "{status}");
-
-    // The load runs through the whole outage and the switch to the new set; its limit is
-    // far above what it can send in that time (checked below), so it never runs dry early.
-    const LIMIT: usize = 400_000;
-    let load = Load::start(proxy.addr, "app.example", LIMIT);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    api.stop();
-    let down = Instant::now();
-
-    // Staleness counts from the first failed watch request; canaryd refreshes it on each
-    // (backed-off) retry and at least every 5 s. Waiting for a full second of it (not just
-    // above 0, which the first error already gives) shows it is a clock that keeps running
-    // while the server stays away, and makes the outage last that long under load.
-    let status = loop {
-        let (_, _, status) = admin_call(proxy.admin, "GET", "/api/v1/routes/app", &[], "").await;
-        if status["stable"]["discovery"]["stale_seconds"].as_f64().unwrap_or(0.0) >= 1.0 {
-            break status;
-        }
-        assert!(
-            down.elapsed() < Duration::from_secs(15),
-            "the route status never turned stale: {status}\n{}",
-            proxy.log().join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let stale_status = status["stable"]["discovery"]["stale_seconds"].as_f64().unwrap();
-    let stale_metric = proxy.metric(STALE).await;
-    // The gauge is set in the same recompose as the status, just before it.
-    assert!(
-        stale_metric >= 1.0,
-        "the route status is stale but the metric is {stale_metric}"
-    );
-    // The last known set stays published: both old endpoints are counted and served.
-    assert_eq!(status["stable"]["endpoints"], json!(2), "{status}");
-    let seen = spread(&client, &proxy, "app.example", &[], 100).await;
-    let mut reached: Vec<&str> = seen.keys().map(String::as_str).collect();
-    reached.sort_unstable();
-    assert_eq!(reached, ["a", "b"], "during the outage: {seen:?}");
-    eprintln!(
-        "API down {:?}: status stale_seconds {stale_status:.2}, metric {stale_metric:.2}",
-        down.elapsed()
-    );
-
-    // While down, a leaves and c joins; compacting makes canaryd's resourceVersion too old,
-    // so it cannot just resume the watch: it has to list again.
-    let lists_before = endpointslice_lists(&api);
-    api.apply(slice(&[&ip(51), &ip(52)]));
-    api.compact();
-    let outage = down.elapsed();
-    api.restart().await;
-    let took = wait_spread(&client, &proxy, "app.example", &["b", "c"], Duration::from_secs(30)).await;
-    let (sent, failed) = load.stop().await;
-    eprintln!(
-        "outage of {outage:?}; new set served {took:?} after the restart; {sent} requests under load, {failed} failed"
-    );
-    assert_eq!(failed, 0, "requests failed while the API server was away");
-    assert!(sent > 100, "the load ran ({sent})");
-    assert!(sent < LIMIT, "the load ran dry before the outage ended ({sent})");
-    assert!(
-        endpointslice_lists(&api) > lists_before,
-        "canaryd did not re-list the EndpointSlices after the outage"
-    );
-
-    // A successful re-list clears the staleness; the gauge is refreshed by the recompose
-    // after it, so poll briefly.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while proxy.metric(STALE).await != 0.0 {
-        assert!(Instant::now() < deadline, "staleness stayed above 0 after the re-list");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (_, _, status) = admin_call(proxy.admin, "GET", "/api/v1/routes/app", &[], "").await;
-    assert_eq!(status["stable"]["discovery"]["stale_seconds"], json!(0.0), "{status}");
-    assert_eq!(status["stable"]["discovery"]["synced"], json!(true), "{status}");
-    assert_eq!(status["stable"]["endpoints"], json!(2), "{status}");
-    assert_eq!(
-        proxy
-            .metric(r#"canaryd_discovery_synced{route="app",variant="stable"}"#)
-            .await,
-        1.0
-    );
     assert_requests_allowed_and_listed(&api, "prod", "");
 }
 

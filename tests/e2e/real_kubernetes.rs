@@ -631,3 +631,118 @@ async fn wait_denied(admin: &kube::Client, group: &str, resource: &str, verb: &s
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The Service `web`'s EndpointSlices as route `app`, and nothing else from the cluster.
+fn discovery_only_config() -> String {
+    Canaryd::config(
+        "kubernetes: { namespace: canaryd, ingress_class: null, canary_routes: false }\nroutes:\n  - name: app\n    hosts: [app.example]\n    stable: { kubernetes: { namespace: prod, service: web, port: http } }\n",
+    )
+}
+
+/// A real outage: the API server stops (its watches end, its port refuses) under load.
+/// canaryd keeps serving the last known endpoints without a failed request and reports
+/// the variant stale. While it is down, etcd's history is compacted past every
+/// resourceVersion canaryd holds; the API server comes back, canaryd's resumed watch is
+/// refused with 410 Gone, it lists again, staleness returns to 0, and a scale-down made
+/// after the outage is followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_outage_and_a_compacted_history_keep_serving_and_relist() {
+    if !testbed::in_pod_network("an_api_server_outage_and_a_compacted_history_keep_serving_and_relist") {
+        return;
+    }
+    let mut bed = Testbed::start();
+    let admin = bed.admin().await;
+    let labels = json!({"app": "web"});
+    apply_all(
+        &admin,
+        &[
+            namespace("prod"),
+            service("prod", "web", labels.clone()),
+            backend_deployment("prod", "web", labels, 2, 2000),
+        ],
+    )
+    .await;
+    let pods = wait_pods(&bed, &admin, "prod", "app=web", 2).await;
+    let (proxy, _dir) =
+        canaryd_as_service_account(&bed, &admin, &read("deploy/rbac.yaml"), &discovery_only_config()).await;
+    wait_ready(&proxy).await;
+    let client = Client::new();
+    wait_serving(&client, &proxy, "app.example", &pods).await;
+    const STALE: &str = r#"canaryd_discovery_stale_seconds{route="app",variant="stable"}"#;
+    assert_eq!(proxy.metric(STALE).await, 0.0, "a healthy watch is not stale");
+
+    const LIMIT: usize = 400_000;
+    let load = Load::start(proxy.addr, "app.example", LIMIT);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    bed.command("stop-apiserver");
+    let down = Instant::now();
+    // Staleness counts from the first failed watch request and keeps running while the
+    // server stays away; a full second of it shows a clock, not a flag.
+    let status = loop {
+        let (_, _, status) = canary_tests::client::admin_call(proxy.admin, "GET", "/api/v1/routes/app", &[], "").await;
+        if status["stable"]["discovery"]["stale_seconds"].as_f64().unwrap_or(0.0) >= 1.0 {
+            break status;
+        }
+        assert!(
+            down.elapsed() < Duration::from_secs(20),
+            "the route never turned stale: {status}\n{}",
+            tail(&proxy.log().join("\n"))
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        proxy.metric(STALE).await >= 1.0,
+        "the route is stale, the metric is not"
+    );
+    assert_eq!(status["stable"]["endpoints"], json!(2), "{status}");
+    let during: BTreeSet<String> = spread(&client, &proxy, "app.example", &[], 100)
+        .await
+        .into_keys()
+        .collect();
+    assert_eq!(during, pods, "the last known endpoints serve during the outage");
+
+    bed.command("compact-etcd");
+    let audit_before = bed.audit(CANARYD_USER).len();
+    bed.command("start-apiserver");
+    let outage = down.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while proxy.metric(STALE).await != 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "still stale after the API server came back\n{}",
+            tail(&proxy.log().join("\n"))
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let back = down.elapsed() - outage;
+    // The resumed watch is accepted (200), then ended by the server's in-stream 410
+    // ERROR event, which kube-runtime turns into a re-list.
+    let gone: Vec<String> = proxy
+        .log()
+        .into_iter()
+        .filter(|l| l.contains("watch failed") && l.contains("too old resource version"))
+        .collect();
+    let after = bed.audit(CANARYD_USER).split_off(audit_before);
+    let relisted = after
+        .iter()
+        .any(|e| e.verb == "list" && e.request_uri.contains("endpointslices"));
+    eprintln!(
+        "outage {outage:?}; synced again {back:?} after the restart; 410: {:?}",
+        gone.first()
+    );
+    assert!(
+        !gone.is_empty(),
+        "no watch was refused with 410 Gone\n{}",
+        tail(&proxy.log().join("\n"))
+    );
+    assert!(relisted, "canaryd did not list the EndpointSlices again: {after:#?}");
+
+    // The new watch follows the cluster: scale down to one Pod.
+    scale(&admin, "prod", "web", 1).await;
+    let one = wait_pods(&bed, &admin, "prod", "app=web", 1).await;
+    wait_serving(&client, &proxy, "app.example", &one).await;
+    let (sent, failed) = load.stop().await;
+    eprintln!("{sent} requests under load through the outage and the scale-down, {failed} failed");
+    assert_eq!(failed, 0, "requests failed while the API server was away");
+    assert!(sent > 100 && sent < LIMIT, "the load ran throughout ({sent})");
+}

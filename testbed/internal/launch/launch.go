@@ -383,6 +383,8 @@ func (b *bed) serve(in io.Reader) error {
 		case "restart-apiserver":
 			stop(b.apiserver, 10*time.Second)
 			err = b.startAPIServer()
+		case "compact-etcd":
+			_, err = b.compactEtcd()
 		case "":
 			continue
 		default:
