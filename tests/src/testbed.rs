@@ -139,12 +139,10 @@ pub fn binary() -> PathBuf {
     .clone()
 }
 
-/// The Pods' addresses: the real API server refuses loopback addresses in EndpointSlices,
-/// so the tests make this /16 local inside a network namespace of their own.
-pub const POD_NETWORK: &str = "10.244.0.0/16";
-
 /// Runs the test `name` of this test binary again inside a new network namespace where
-/// `lo` is up and [`POD_NETWORK`] is local, and returns false; inside it, returns true.
+/// `lo` is up, and returns false; inside it, returns true. There the kubelet adds the Pod
+/// network: a bridge at 10.244.0.1/16 and a network namespace per Pod on 10.244.0.0/16
+/// (the real API server refuses loopback addresses in EndpointSlices).
 /// Use as `if !testbed::in_pod_network("name") { return; }` at the top of a test.
 pub fn in_pod_network(name: &str) -> bool {
     if std::env::var_os("CANARYD_TESTBED_NETNS").is_some() {
@@ -155,9 +153,7 @@ pub fn in_pod_network(name: &str) -> bool {
     crate::canaryd::bin_dir();
     let status = Command::new("unshare")
         .args(["--net", "--", "sh", "-c"])
-        .arg(format!(
-            "ip link set lo up && ip route add local {POD_NETWORK} dev lo && exec \"$0\" \"$@\""
-        ))
+        .arg(format!("ip link set lo up && exec \"$0\" \"$@\""))
         .arg(std::env::current_exe().unwrap())
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env("CANARYD_TESTBED_NETNS", "1")

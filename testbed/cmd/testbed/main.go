@@ -7,7 +7,10 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
 
+	"canaryd.dev/testbed/internal/kubelet"
 	"canaryd.dev/testbed/internal/launch"
 
 	"go.etcd.io/etcd/server/v3/etcdmain"
@@ -28,11 +31,21 @@ func main() {
 		var opts launch.Options
 		flags.StringVar(&opts.Dir, "dir", "", "folder for the cluster's files (default: a new temporary folder, removed at exit)")
 		flags.StringVar(&opts.Images, "images", "", "JSON image table: image name -> {command, env} the kubelet runs")
-		flags.StringVar(&opts.PodNetwork, "pod-network", "10.244", "first two octets of the Pod addresses: a /16 that is local on this host")
+		flags.StringVar(&opts.PodNetwork, "pod-network", "10.244", "first two octets of the Pod /16 (its .0.1 is the node's bridge)")
 		flags.Parse(os.Args[2:])
 		if err := launch.Up(opts); err != nil {
 			fmt.Fprintln(os.Stderr, "testbed:", err)
 			os.Exit(1)
+		}
+	case "pause":
+		// A pod sandbox's holder: keeps the pod's network namespace until killed.
+		stop := make(chan os.Signal, 1)
+		signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+		<-stop
+	case "mount-exec":
+		if err := kubelet.MountExec(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "testbed:", err)
+			os.Exit(127)
 		}
 	case "etcd":
 		etcdmain.Main(append([]string{"etcd"}, os.Args[2:]...))

@@ -1,7 +1,8 @@
 // Package kubelet is a process kubelet: it registers a Node, runs the containers of the
 // Pods bound to it as local processes (the program chosen by image name from a table),
-// gives every Pod its own loopback address, reports readiness from the Pod's readiness
-// probe, and on deletion sends SIGTERM and honours the grace period, so the real
+// gives every Pod a network namespace of its own on the Pod /16 (a veth pair on the node's
+// bridge, sandbox.go) and its volumes mounted where the spec says (a mount namespace per
+// container), reports readiness from the Pod's readiness probe, and on deletion sends SIGTERM and honours the grace period, so the real
 // EndpointSlice controller sees ready, serving and terminating exactly as in a cluster.
 //
 // What it leaves out: liveness, startup and exec probes, image pulls, resource limits,
@@ -106,6 +107,9 @@ func (k *Kubelet) nodeStatus() corev1.NodeStatus {
 
 // Register creates the Node (ready, untainted) or refreshes it.
 func (k *Kubelet) Register(ctx context.Context) error {
+	if err := k.setupNode(ctx); err != nil {
+		return err
+	}
 	node := &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: k.cfg.Node, Labels: map[string]string{
 			"kubernetes.io/hostname": k.cfg.Node, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",

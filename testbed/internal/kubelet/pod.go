@@ -33,11 +33,12 @@ type container struct {
 
 // pod is the kubelet's side of one Pod: its address, folder, processes and status.
 type pod struct {
-	k     *Kubelet
-	obj   *corev1.Pod
-	ip    string
-	dir   string
-	start metav1.Time
+	k       *Kubelet
+	obj     *corev1.Pod
+	ip      string
+	dir     string
+	start   metav1.Time
+	sandbox *sandbox
 
 	mu          sync.Mutex
 	containers  []*container
@@ -83,6 +84,19 @@ func (p *pod) run(ctx context.Context) {
 		p.logf("folder: %v", err)
 		return
 	}
+	sandbox, err := newSandbox(p.ip, Gateway(p.k.cfg.Network), "v"+strings.ReplaceAll(strings.SplitN(p.ip, ".", 3)[2], ".", "_"))
+	if err != nil {
+		p.logf("%v", err)
+		p.mu.Lock()
+		for _, c := range p.containers {
+			c.waiting = "CreatePodSandboxError"
+		}
+		p.mu.Unlock()
+		p.markDirty()
+		return
+	}
+	defer sandbox.close()
+	p.sandbox = sandbox
 	env, err := p.prepare(ctx)
 	if err != nil {
 		p.logf("%v", err)
@@ -229,9 +243,16 @@ func (p *pod) startProcess(c *container) (chan struct{}, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(argv[0], argv[1:]...)
+	var binds [][2]string
+	for _, m := range c.spec.VolumeMounts {
+		binds = append(binds, [2]string{filepath.Join(p.volumeDir(m.Name), m.SubPath), m.MountPath})
+	}
+	cmd, err := p.sandbox.command(binds, argv)
+	if err != nil {
+		out.Close()
+		return nil, err
+	}
 	cmd.Env, cmd.Dir, cmd.Stdout, cmd.Stderr = env, p.dir, out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		out.Close()
 		return nil, err
@@ -294,7 +315,7 @@ func (p *pod) field(path string) string {
 	case "status.podIP":
 		return p.ip
 	case "status.hostIP":
-		return "127.0.0.1"
+		return Gateway(p.k.cfg.Network)
 	case "spec.nodeName":
 		return p.obj.Spec.NodeName
 	case "spec.serviceAccountName":
@@ -336,7 +357,7 @@ func expand(s string, env []string) string {
 }
 
 // argv is the container's command (else the image's) then its args, with $(VAR)
-// expanded and mount paths mapped to the pod's folder.
+// expanded.
 func (p *pod) argv(c *container, env []string) []string {
 	argv := append([]string{}, c.image.Command...)
 	if len(c.spec.Command) > 0 {
@@ -348,7 +369,7 @@ func (p *pod) argv(c *container, env []string) []string {
 	}
 	argv = append(argv, c.spec.Args...)
 	for i := range argv {
-		argv[i] = p.mapPaths(c, expand(p.substitute(argv[i]), env))
+		argv[i] = expand(p.substitute(argv[i]), env)
 	}
 	return argv
 }

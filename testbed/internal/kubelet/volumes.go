@@ -3,9 +3,9 @@ package kubelet
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -51,8 +51,9 @@ func (p *pod) prepare(ctx context.Context) ([]string, error) {
 			env = append(env, "KUBECONFIG="+kubeconfig)
 		}
 	}
+	server, _ := url.Parse(p.k.podServer())
 	env = append(env, "HOME="+p.dir, "PATH="+os.Getenv("PATH"),
-		"KUBERNETES_SERVICE_HOST=127.0.0.1")
+		"KUBERNETES_SERVICE_HOST="+server.Hostname(), "KUBERNETES_SERVICE_PORT="+server.Port())
 	return env, nil
 }
 
@@ -84,7 +85,7 @@ contexts:
 - name: pod
   context: {cluster: testbed, user: pod, namespace: %q}
 current-context: pod
-`, p.k.cfg.Server, p.k.cfg.CAFile, strings.TrimSpace(string(token)), p.obj.Namespace)
+`, p.k.podServer(), p.k.cfg.CAFile, strings.TrimSpace(string(token)), p.obj.Namespace)
 	return os.WriteFile(path, []byte(text), 0o600)
 }
 
@@ -209,26 +210,4 @@ func (p *pod) downward(items []corev1.DownwardAPIVolumeFile) map[string][]byte {
 		}
 	}
 	return files
-}
-
-// mapPaths rewrites a path under one of the container's mount points, alone or after
-// a "--flag=", to the matching folder of the pod: processes share the host's file system.
-func (p *pod) mapPaths(c *container, arg string) string {
-	mounts := append([]corev1.VolumeMount{}, c.spec.VolumeMounts...)
-	// Longest mount path first, so /etc/a/b wins over /etc/a.
-	sort.Slice(mounts, func(i, j int) bool { return len(mounts[i].MountPath) > len(mounts[j].MountPath) })
-	prefix, path := "", arg
-	if !strings.HasPrefix(arg, "/") {
-		if i := strings.Index(arg, "=/"); i >= 0 {
-			prefix, path = arg[:i+1], arg[i+1:]
-		}
-	}
-	for _, m := range mounts {
-		root := strings.TrimSuffix(m.MountPath, "/")
-		if path == root || strings.HasPrefix(path, root+"/") {
-			local := filepath.Join(p.volumeDir(m.Name), m.SubPath)
-			return prefix + local + strings.TrimPrefix(path, root)
-		}
-	}
-	return arg
 }

@@ -70,7 +70,7 @@ func issue(template *x509.Certificate, parent *issued) (*issued, []byte, error) 
 
 // newPKI writes a fresh CA, serving and admin certificates and a service-account key
 // pair into dir.
-func newPKI(dir string) (*pki, error) {
+func newPKI(dir string, extraIPs ...net.IP) (*pki, error) {
 	p := &pki{
 		CAFile:      filepath.Join(dir, "ca.crt"),
 		ServingCert: filepath.Join(dir, "apiserver.crt"),
@@ -95,7 +95,7 @@ func newPKI(dir string) (*pki, error) {
 	serving, servingDER, err := issue(&x509.Certificate{
 		Subject:     pkix.Name{CommonName: "kube-apiserver"},
 		DNSNames:    []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1"), net.ParseIP("10.0.0.1")},
+		IPAddresses: append([]net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1"), net.ParseIP("10.0.0.1")}, extraIPs...),
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}, ca)

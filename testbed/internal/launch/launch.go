@@ -217,14 +217,14 @@ func Up(opts Options) error {
 			return err
 		}
 	}
-	p, err := newPKI(filepath.Join(dir, "pki"))
+	// Pods live on a /16 of their own behind a bridge (the API server refuses loopback
+	// addresses in EndpointSlices); they reach the API server on the bridge's address, so
+	// its certificate names that too. Run the bed in a network namespace of its own.
+	network := opts.PodNetwork
+	p, err := newPKI(filepath.Join(dir, "pki"), net.ParseIP(kubelet.Gateway(network)))
 	if err != nil {
 		return err
 	}
-	// The API server refuses loopback addresses in EndpointSlices, so Pods get addresses of
-	// a /16 that the caller makes local (tests run the bed in a network namespace of their
-	// own with `ip route add local 10.244.0.0/16 dev lo`).
-	network := opts.PodNetwork
 	etcdPort, peerPort, apiPort := freePort(), freePort(), freePort()
 	b := &bed{self: self, pki: p, info: Info{
 		Dir:             dir,
