@@ -1176,3 +1176,201 @@ fn docs_name_real_commands_and_flags() {
     }
     assert!(checked.len() >= 8, "only {checked:?} in docs/");
 }
+
+/// The default install for real: the chart's CRD and every rendered object applied to the
+/// test bed's API server. The process kubelet runs the chart's Deployment (its two
+/// replicas in Pods of their own, with the chart's args, environment, probes and the
+/// ConfigMap and Secret mounted where the Deployment says) as the chart's ServiceAccount.
+/// A demo app behind a CanaryRoute at weight 10 is split 90/10; the replicas elect one
+/// leader through the Lease, which writes the chart's Service address into an Ingress;
+/// deleting the leader's Pod hands the Lease to the other replica; and the real RBAC
+/// authorizer allowed every request the chart's ServiceAccount made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_install_on_the_test_bed_splits_90_10_with_the_charts_rbac() {
+    use canary_tests::objects::{backend_deployment, namespace, service};
+    use canary_tests::testbed::{self, apply_all, tail, Testbed};
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, DeleteParams, Patch, PatchParams};
+
+    if !testbed::in_pod_network("default_install_on_the_test_bed_splits_90_10_with_the_charts_rbac") {
+        return;
+    }
+    let c = case("default");
+    let image = c.container()["image"].as_str().unwrap();
+    let bed = Testbed::start_with_images(&[(image, "canaryd")]);
+    let admin = bed.admin().await;
+    const LB_IP: &str = "192.0.2.10";
+
+    // `helm install`: the chart's crds/ first, then its templates.
+    for entry in std::fs::read_dir(root().join("helm/canaryd/crds")).unwrap() {
+        testbed::apply_yaml(&admin, &read(entry.unwrap().path().to_str().unwrap())).await;
+    }
+    apply_all(&admin, &[namespace(&c.namespace), namespace("prod")]).await;
+    let gvk = kube::core::GroupVersionKind::gvk("canaryd.dev", "v1alpha1", "CanaryRoute");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while kube::discovery::pinned_kind(&admin, &gvk).await.is_err() {
+        assert!(Instant::now() < deadline, "the chart's CRD is not served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let objects: Vec<Value> = c
+        .objects
+        .iter()
+        .map(|o| {
+            let mut o = o.clone();
+            if o["metadata"]["namespace"].is_null() && !matches!(o["kind"].as_str(), Some("ClusterRole" | "ClusterRoleBinding" | "IngressClass")) {
+                o["metadata"]["namespace"] = json!(c.namespace);
+            }
+            o
+        })
+        .collect();
+    apply_all(&admin, &objects).await;
+    // MetalLB's part: the chart's LoadBalancer Service gets its address.
+    let fullname = c.one("Deployment")["metadata"]["name"].as_str().unwrap();
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(admin.clone(), &c.namespace);
+    services
+        .patch_status(
+            fullname,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"loadBalancer": {"ingress": [{"ip": LB_IP}]}}})),
+        )
+        .await
+        .unwrap();
+
+    // The demo app: stable behind the Service `web`, the canary by label, at weight 10,
+    // and an Ingress of the chart's class.
+    let stable_labels = json!({"app": "web", "track": "stable"});
+    apply_all(
+        &admin,
+        &[
+            service("prod", "web", stable_labels.clone()),
+            backend_deployment("prod", "web", stable_labels, 2, 0),
+            backend_deployment("prod", "web-canary", json!({"app": "web", "track": "canary"}), 1, 0),
+            json!({
+                "apiVersion": "canaryd.dev/v1alpha1", "kind": "CanaryRoute",
+                "metadata": {"name": "web", "namespace": "prod"},
+                "spec": {
+                    "hosts": ["web.example"],
+                    "stable": {"kubernetes": {"service": "web", "port": "http"}},
+                    "canary": {"kubernetes": {"selector": "app=web,track=canary", "port": 8080}},
+                    "weight": 10
+                }
+            }),
+            json!({
+                "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": "shop", "namespace": "prod"},
+                "spec": {"ingressClassName": c.one("IngressClass")["metadata"]["name"], "rules": [{"host": "shop.example", "http": {"paths": [
+                    {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"name": "http"}}}}
+                ]}}]}
+            }),
+        ],
+    )
+    .await;
+    let stable = bed.wait_pods(&admin, "prod", "app=web,track=stable", 2).await;
+    let canary = bed.wait_pods(&admin, "prod", "app=web,track=canary", 1).await;
+
+    // The chart's replicas, ready by the chart's readiness probe (/readyz on the admin port).
+    let selector = c.one("Deployment")["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let replicas = c.one("Deployment")["spec"]["replicas"].as_u64().unwrap() as usize;
+    assert_eq!(replicas, 2, "the default install runs two replicas");
+    let names = bed.wait_pods(&admin, &c.namespace, &selector, replicas).await;
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &c.namespace);
+    let mut addrs = Vec::new();
+    for name in &names {
+        let ip = pods.get(name).await.unwrap().status.and_then(|s| s.pod_ip).unwrap();
+        addrs.push(std::net::SocketAddr::new(ip.parse().unwrap(), c.port("http") as u16));
+    }
+
+    // 90/10 across both replicas, each new client a new user.
+    let client = Client::new();
+    const N: u64 = 2000;
+    let (mut to_canary, mut to_stable) = (0u64, 0u64);
+    for i in 0..N {
+        let r = client
+            .get(addrs[i as usize % addrs.len()], "web.example", "/")
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+        let backend = r.backend().unwrap_or_default().to_string();
+        if canary.contains(&backend) {
+            to_canary += 1;
+        } else {
+            assert!(stable.contains(&backend), "answered by {backend:?}");
+            to_stable += 1;
+        }
+    }
+    let (lo, hi) = canary_tests::binomial_bounds(N, 0.10);
+    eprintln!(
+        "chart install: {to_canary} of {N} to the canary ({:.2} %), {to_stable} to stable; 99.9 % bounds {lo:.0}..{hi:.0}",
+        100.0 * to_canary as f64 / N as f64
+    );
+    assert!((lo..=hi).contains(&(to_canary as f64)), "{to_canary} of {N} to the canary at weight 10");
+
+    // One leader, by the Lease the chart names; it publishes the Service's address.
+    let lease_name = c.config()["kubernetes"]["lease_name"].as_str().unwrap().to_string();
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), &c.namespace);
+    let holder = |lease: Option<Lease>| lease.and_then(|l| l.spec).and_then(|s| s.holder_identity);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let leader = loop {
+        if let Some(h) = holder(leases.get_opt(&lease_name).await.unwrap()) {
+            if names.contains(&h) {
+                break h;
+            }
+        }
+        assert!(Instant::now() < deadline, "no replica holds the Lease {lease_name}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ingresses: Api<k8s_openapi::api::networking::v1::Ingress> = Api::namespaced(admin.clone(), "prod");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let shop = ingresses.get_status("shop").await.unwrap();
+        let ip = shop.status.and_then(|s| s.load_balancer).and_then(|l| l.ingress).and_then(|i| i.into_iter().next()).and_then(|i| i.ip);
+        if ip.as_deref() == Some(LB_IP) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the Ingress did not get {LB_IP}: {ip:?}\n{}", tail(&bed.pod_log(&c.namespace, &leader, "canaryd")));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The leader's Pod is deleted: a live replica (the other one, or the Pod the
+    // Deployment starts in its place) takes the Lease over.
+    let other = names.iter().find(|n| **n != leader).unwrap().clone();
+    let deleted = Instant::now();
+    pods.delete(&leader, &DeleteParams::default()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let successor = loop {
+        if let Some(h) = holder(leases.get_opt(&lease_name).await.unwrap()) {
+            if h != leader && testbed::ready_pods(&admin, &c.namespace, &selector).await.contains(&h) {
+                break h;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no live replica took the Lease from {leader}\n{}",
+            tail(&bed.pod_log(&c.namespace, &other, "canaryd"))
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "leader {leader} deleted: {successor} ({}) holds the Lease after {:?}",
+        if successor == other { "the other replica" } else { "its replacement" },
+        deleted.elapsed()
+    );
+
+    // Every request of the chart's ServiceAccount was allowed by the real authorizer.
+    let account = c.one("ServiceAccount")["metadata"]["name"].as_str().unwrap();
+    let user = format!("system:serviceaccount:{}:{account}", c.namespace);
+    let audit = bed.audit(&user);
+    let refused: Vec<_> = audit.iter().filter(|e| e.decision() != "allow").collect();
+    assert!(audit.len() > 20, "{} requests by {user}", audit.len());
+    assert!(refused.is_empty(), "the chart's RBAC refused: {refused:#?}");
+    let requests: Vec<(String, String)> = audit.iter().map(|e| e.method_and_path()).collect();
+    let unlisted = canary_tests::rbac::unlisted(&requests, &c.namespace);
+    assert!(unlisted.is_empty(), "requests not in API_CALLS:\n{}", unlisted.join("\n"));
+}

@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 
 use canary_tests::cluster::{spread, wait_ready, Load};
 use canary_tests::objects::{backend_deployment, namespace, service, tls_secret};
-use canary_tests::testbed::{self, AuditEvent, Testbed};
+use canary_tests::testbed::{self, apply_all, ready_pods, tail, AuditEvent, Testbed};
 use canary_tests::{Canaryd, Client};
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde::Deserialize;
@@ -19,60 +18,6 @@ use serde_json::{json, Value};
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)).unwrap()
-}
-
-async fn apply_all(client: &kube::Client, objects: &[Value]) {
-    for o in objects {
-        if let Err(e) = testbed::apply(client, o).await {
-            panic!("applying {} {}: {e}", o["kind"], o["metadata"]["name"]);
-        }
-    }
-}
-
-/// Names of the ready Pods matching `selector`.
-async fn ready_pods(client: &kube::Client, namespace: &str, selector: &str) -> BTreeSet<String> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let list = pods.list(&ListParams::default().labels(selector)).await.unwrap();
-    list.items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
-        .filter_map(|p| p.metadata.name)
-        .collect()
-}
-
-/// Waits until `n` Pods matching `selector` are ready and returns their names.
-async fn wait_pods(
-    bed: &Testbed,
-    client: &kube::Client,
-    namespace: &str,
-    selector: &str,
-    n: usize,
-) -> BTreeSet<String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ready = ready_pods(client, namespace, selector).await;
-        if ready.len() == n {
-            return ready;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {n} pods {selector} ready\ncontroller manager:\n{}",
-            ready.len(),
-            tail(&bed.log("kube-controller-manager"))
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn tail(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 /// Polls until requests for `host` reach exactly `backends`; returns how long it took.
@@ -143,8 +88,8 @@ async fn endpoints_follow_real_deployments_scaling_up_and_down() {
         ],
     )
     .await;
-    let stable = wait_pods(&bed, &admin, "prod", "app=web,track=stable", 2).await;
-    let canary = wait_pods(&bed, &admin, "prod", "app=web,track=canary", 1).await;
+    let stable = bed.wait_pods(&admin, "prod", "app=web,track=stable", 2).await;
+    let canary = bed.wait_pods(&admin, "prod", "app=web,track=canary", 1).await;
 
     let config = Canaryd::config(
         "kubernetes: { namespace: canaryd, ingress_class: null, canary_routes: false }\nroutes:\n  - name: web\n    hosts: [web.example]\n    stable: { kubernetes: { namespace: prod, service: web, port: http } }\n    canary: { kubernetes: { namespace: prod, selector: \"app=web,track=canary\", port: 8080 } }\n    weight: 0\n",
@@ -166,7 +111,7 @@ async fn endpoints_follow_real_deployments_scaling_up_and_down() {
     // Scale up: the new Pod takes requests once its readiness probe passes.
     let started = Instant::now();
     scale(&admin, "prod", "web", 3).await;
-    let three = wait_pods(&bed, &admin, "prod", "app=web,track=stable", 3).await;
+    let three = bed.wait_pods(&admin, "prod", "app=web,track=stable", 3).await;
     wait_serving(&client, &proxy, "web.example", &three).await;
     eprintln!("scale 2 → 3: new pod serving after {:?}", started.elapsed());
 
@@ -383,8 +328,8 @@ async fn every_feature_cluster(bed: &Testbed, admin: &kube::Client) -> (String, 
         )
         .await
         .unwrap();
-    let stable = wait_pods(bed, admin, "prod", "app=web,track=stable", 1).await;
-    let canary = wait_pods(bed, admin, "prod", "app=web,track=canary", 1).await;
+    let stable = bed.wait_pods(admin, "prod", "app=web,track=stable", 1).await;
+    let canary = bed.wait_pods(admin, "prod", "app=web,track=canary", 1).await;
     (stable.into_iter().next().unwrap(), canary.into_iter().next().unwrap())
 }
 
@@ -662,7 +607,7 @@ async fn an_api_server_outage_and_a_compacted_history_keep_serving_and_relist() 
         ],
     )
     .await;
-    let pods = wait_pods(&bed, &admin, "prod", "app=web", 2).await;
+    let pods = bed.wait_pods(&admin, "prod", "app=web", 2).await;
     let (proxy, _dir) =
         canaryd_as_service_account(&bed, &admin, &read("deploy/rbac.yaml"), &discovery_only_config()).await;
     wait_ready(&proxy).await;
@@ -739,7 +684,7 @@ async fn an_api_server_outage_and_a_compacted_history_keep_serving_and_relist() 
 
     // The new watch follows the cluster: scale down to one Pod.
     scale(&admin, "prod", "web", 1).await;
-    let one = wait_pods(&bed, &admin, "prod", "app=web", 1).await;
+    let one = bed.wait_pods(&admin, "prod", "app=web", 1).await;
     wait_serving(&client, &proxy, "app.example", &one).await;
     let (sent, failed) = load.stop().await;
     eprintln!("{sent} requests under load through the outage and the scale-down, {failed} failed");

@@ -13,7 +13,10 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
 use serde::Deserialize;
@@ -44,7 +47,7 @@ pub struct Info {
     pub pod_network: String,
     /// The components' logs.
     pub logs: PathBuf,
-    /// The API server's audit log: the requests of ServiceAccounts in namespace `canaryd`.
+    /// The API server's audit log: the requests of ServiceAccounts outside kube-system.
     pub audit_log: PathBuf,
 }
 
@@ -171,11 +174,20 @@ impl Testbed {
     /// Starts a cluster and waits until it serves, its controllers run and its node is
     /// registered.
     pub fn start() -> Self {
+        Self::start_with_images(&[])
+    }
+
+    /// [`Testbed::start`] with more images in the kubelet's table: each runs the binary
+    /// named (the test backend or canaryd), e.g. the image a Helm chart renders.
+    pub fn start_with_images(extra: &[(&str, &str)]) -> Self {
         let bin_dir = crate::canaryd::bin_dir();
-        let images = serde_json::json!({
+        let mut images = serde_json::json!({
             BACKEND_IMAGE: {"command": [bin_dir.join("test-backend")]},
             CANARYD_IMAGE: {"command": [bin_dir.join("canaryd")]},
         });
+        for (image, binary) in extra {
+            images[*image] = serde_json::json!({"command": [bin_dir.join(binary)]});
+        }
         let table = std::env::temp_dir().join(format!("canaryd-testbed-images-{}.json", std::process::id()));
         std::fs::write(&table, images.to_string()).unwrap();
         let mut child = Command::new(binary())
@@ -258,6 +270,24 @@ impl Testbed {
             .filter_map(|line| serde_json::from_str::<AuditEvent>(line).ok())
             .filter(|e| e.user.username == user && seen.insert(e.audit_id.clone()))
             .collect()
+    }
+
+    /// Waits until `n` Pods matching `selector` are ready and returns their names.
+    pub async fn wait_pods(&self, client: &kube::Client, namespace: &str, selector: &str, n: usize) -> BTreeSet<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = ready_pods(client, namespace, selector).await;
+            if ready.len() == n {
+                return ready;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} of {n} pods {selector} ready (the kubelet logs to stderr)\ncontroller manager:\n{}",
+                ready.len(),
+                tail(&self.log("kube-controller-manager"))
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// A client with the admin's certificate.
@@ -361,4 +391,36 @@ pub async fn apply_yaml(client: &kube::Client, yaml: &str) {
             panic!("applying {} {}: {e}", value["kind"], value["metadata"]["name"]);
         }
     }
+}
+
+/// Server-side applies `objects` in order, panicking on the first refusal.
+pub async fn apply_all(client: &kube::Client, objects: &[Value]) {
+    for o in objects {
+        if let Err(e) = apply(client, o).await {
+            panic!("applying {} {}: {e}", o["kind"], o["metadata"]["name"]);
+        }
+    }
+}
+
+/// Names of the ready Pods matching `selector`.
+pub async fn ready_pods(client: &kube::Client, namespace: &str, selector: &str) -> BTreeSet<String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let list = pods.list(&ListParams::default().labels(selector)).await.unwrap();
+    list.items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .filter_map(|p| p.metadata.name)
+        .collect()
+}
+
+/// The last 40 lines of `text`.
+pub fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }

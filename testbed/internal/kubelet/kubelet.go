@@ -5,7 +5,7 @@
 // container), reports readiness from the Pod's readiness probe, and on deletion sends SIGTERM and honours the grace period, so the real
 // EndpointSlice controller sees ready, serving and terminating exactly as in a cluster.
 //
-// What it leaves out: liveness, startup and exec probes, image pulls, resource limits,
+// What it leaves out: liveness, startup and exec probes, lifecycle hooks (preStop), image pulls, resource limits,
 // volume updates after start (ConfigMaps and Secrets are written once, when the Pod starts).
 package kubelet
 

@@ -40,19 +40,22 @@ type Info struct {
 	PodNetwork      string `json:"podNetwork"`
 	Logs            string `json:"logs"`
 	// AuditLog holds the API server's audit events (JSON lines) for the requests of
-	// ServiceAccounts in namespace "canaryd": every call canaryd makes, with the
-	// authorizer's decision.
+	// ServiceAccounts outside kube-system: every call canaryd makes, with the authorizer's
+	// decision.
 	AuditLog string `json:"auditLog"`
 }
 
-// auditPolicy records canaryd's requests (ServiceAccounts of namespace canaryd) at the
-// Metadata level and nothing else, so the log stays small beside the controllers.
+// auditPolicy records the requests of ServiceAccounts outside kube-system (canaryd, as
+// deploy/rbac.yaml's or the Helm chart's account) at the Metadata level and nothing else,
+// so the log stays small beside the controllers (kube-system accounts) and the kubelet.
 const auditPolicy = `apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived]
 rules:
+  - level: None
+    userGroups: ["system:serviceaccounts:kube-system"]
   - level: Metadata
-    userGroups: ["system:serviceaccounts:canaryd"]
+    userGroups: ["system:serviceaccounts"]
   - level: None
 `
 
