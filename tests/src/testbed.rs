@@ -273,7 +273,13 @@ impl Testbed {
     }
 
     /// Waits until `n` Pods matching `selector` are ready and returns their names.
-    pub async fn wait_pods(&self, client: &kube::Client, namespace: &str, selector: &str, n: usize) -> BTreeSet<String> {
+    pub async fn wait_pods(
+        &self,
+        client: &kube::Client,
+        namespace: &str,
+        selector: &str,
+        n: usize,
+    ) -> BTreeSet<String> {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
             let ready = ready_pods(client, namespace, selector).await;
