@@ -156,7 +156,7 @@ pub fn in_pod_network(name: &str) -> bool {
     crate::canaryd::bin_dir();
     let status = Command::new("unshare")
         .args(["--net", "--", "sh", "-c"])
-        .arg(format!("ip link set lo up && exec \"$0\" \"$@\""))
+        .arg("ip link set lo up && exec \"$0\" \"$@\"")
         .arg(std::env::current_exe().unwrap())
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env("CANARYD_TESTBED_NETNS", "1")
