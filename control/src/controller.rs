@@ -2,7 +2,7 @@
 //! file and the clock through the pure state machine, then persists, audits and publishes
 //! a new routing table. All of this is control plane; the request path never waits on it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -164,6 +164,10 @@ struct Inner {
     owners: HashMap<String, Owner>,
     /// Changes waiting to be written to CanaryRoute status.
     intents: Vec<Intent>,
+    /// Routes with a spec-driven write (init, spec weight) queued or in flight: every
+    /// source event recomposes all routes, and queueing it again for each one made n
+    /// routes cost n² status reads at start.
+    spec_writes: HashSet<String>,
     /// Discovery state per (route, variant) in kubernetes mode.
     discovery: HashMap<(String, Variant), crate::status::DiscoveryStatus>,
     /// The analysis's memory per route (not persisted: a restart judges afresh).
@@ -220,6 +224,7 @@ impl Controller {
                 judged: HashMap::new(),
                 owners: HashMap::new(),
                 intents: Vec::new(),
+                spec_writes: HashSet::new(),
                 discovery: HashMap::new(),
             }),
             leader: std::sync::atomic::AtomicBool::new(true),
@@ -499,27 +504,27 @@ impl Controller {
         for route in &config.routes {
             let state = inner.store.state.routes.get(&route.name);
             match owners.get(&route.name) {
-                Some(Owner::CanaryRoute { .. }) => match shared.get(&route.name) {
-                    Some(s) => {
-                        if state.is_none_or(|l| s.revision >= l.revision) {
-                            inner.store.state.routes.insert(route.name.clone(), s.clone());
+                Some(Owner::CanaryRoute { .. }) => {
+                    let change = match shared.get(&route.name) {
+                        Some(s) => {
+                            if state.is_none_or(|l| s.revision >= l.revision) {
+                                inner.store.state.routes.insert(route.name.clone(), s.clone());
+                            }
+                            (s.config_weight_ppm != route.weight.ppm()).then_some(Change::SpecWeight(route.weight))
                         }
-                        if s.config_weight_ppm != route.weight.ppm() {
-                            intents.push(Intent {
-                                route: route.name.clone(),
-                                change: Change::SpecWeight(route.weight),
-                                actor: "spec".into(),
-                                reason: Some("weight edited in the CanaryRoute spec".into()),
-                            });
-                        }
+                        None => Some(Change::Init),
+                    };
+                    if let Some(change) = change.filter(|_| inner.spec_writes.insert(route.name.clone())) {
+                        let reason = matches!(change, Change::SpecWeight(_))
+                            .then(|| "weight edited in the CanaryRoute spec".to_string());
+                        intents.push(Intent {
+                            route: route.name.clone(),
+                            change,
+                            actor: "spec".into(),
+                            reason,
+                        });
                     }
-                    None => intents.push(Intent {
-                        route: route.name.clone(),
-                        change: Change::Init,
-                        actor: "spec".into(),
-                        reason: None,
-                    }),
-                },
+                }
                 Some(Owner::Ingress { source }) => {
                     if let Some(s) = inner.store.state.routes.get_mut(&route.name) {
                         s.apply_config_weight(route.weight, &format!("canary-weight of Ingress {source}"));
@@ -548,6 +553,12 @@ impl Controller {
         }
         self.publish_gauges(&inner);
         Ok(())
+    }
+
+    /// The spec-driven write of `route` (init, spec weight) is done, written or not: the
+    /// next recompose may queue one again.
+    pub fn spec_written(&self, route: &str) {
+        self.lock().spec_writes.remove(route);
     }
 
     /// Queues a write to CanaryRoute status.
@@ -1029,5 +1040,55 @@ fn fresh_reading(reading: Option<&(Instant, PromReading)>, check: &PrometheusChe
         Some((at, r)) if at.elapsed() <= check.interval * 3 + Duration::from_secs(2) => r.clone(),
         Some(_) => PromReading::Unavailable("no fresh reading".into()),
         None => PromReading::Unavailable("not queried yet".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn controller() -> Controller {
+        let config = canary_config::parse(
+            "listen: { http: \"127.0.0.1:0\" }\nadmin: { listen: \"127.0.0.1:0\" }\nroutes:\n  - name: web\n    hosts: [web.example]\n    stable: { endpoints: [\"127.0.0.1:1\"] }\n",
+        )
+        .unwrap();
+        let registry = prometheus::Registry::new();
+        let (c, _) = Controller::new(
+            config,
+            StateStore::open(None, false).unwrap(),
+            ProxyMetrics::register(&registry).unwrap(),
+            ControlMetrics::register(&registry).unwrap(),
+        )
+        .unwrap();
+        c
+    }
+
+    fn recompose(c: &Controller) {
+        let config = c.lock().config.clone();
+        let owners = HashMap::from([(
+            "web".to_string(),
+            Owner::CanaryRoute {
+                namespace: "prod".into(),
+                name: "web".into(),
+            },
+        )]);
+        c.apply_sources(config, owners, HashMap::new(), HashMap::new()).unwrap();
+    }
+
+    /// Every source event recomposes every route; a CanaryRoute without status gets one
+    /// init write, not one per event, until that write is done.
+    #[test]
+    fn a_spec_write_is_queued_once_until_it_is_done() {
+        let c = controller();
+        recompose(&c);
+        recompose(&c);
+        let queued = std::mem::take(&mut c.lock().intents);
+        assert_eq!(queued.len(), 1, "{queued:?}");
+        assert!(matches!(queued[0].change, Change::Init));
+        recompose(&c);
+        assert!(c.lock().intents.is_empty(), "queued again while in flight");
+        c.spec_written("web");
+        recompose(&c);
+        assert_eq!(c.lock().intents.len(), 1, "queued again once done");
     }
 }

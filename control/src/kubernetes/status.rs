@@ -156,6 +156,7 @@ impl StatusWriter {
                     Change::Init => "init",
                     Change::SpecWeight(_) => "config",
                 };
+                let spec_driven = matches!(intent.change, Change::Init | Change::SpecWeight(_));
                 match self.write(&controller, &intent, action, None).await {
                     Ok(_) => {}
                     // The state moved on meanwhile (already aborted, say): nothing to do.
@@ -169,8 +170,13 @@ impl StatusWriter {
                             tokio::time::sleep(Duration::from_secs(1)).await;
                             controller.queue(intent);
                         });
+                        // Still pending: the retry writes it.
+                        continue;
                     }
                     Err(e) => tracing::error!(route = %intent.route, error = %e, "shared state not written"),
+                }
+                if spec_driven {
+                    controller.spec_written(&intent.route);
                 }
             }
         }
