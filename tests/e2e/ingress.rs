@@ -1,114 +1,129 @@
 //! canaryd as an ingress-nginx replacement, in the shape GitLab Auto DevOps deploys: a stable
 //! Ingress `production` and a canary Ingress `production-canary` carrying the ingress-nginx
-//! canary annotations, both naming their Services by port number. The real
-//! `canaryd --mode kubernetes` against the test API server, real backends playing the Pods.
+//! canary annotations, both naming their Services by port number. On the real-Kubernetes
+//! test bed: real Deployments and Services, the real EndpointSlice controller, canaryd as
+//! deploy/rbac.yaml's ServiceAccount through the real RBAC authorizer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use canary_tests::cluster::{pods, Load};
-use canary_tests::kube_api::{self, KubeApi};
-use canary_tests::{admin_call, BackendHandle, Canaryd, Client};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use canary_tests::cluster::Load;
+use canary_tests::objects::{backend_deployment, namespace};
+use canary_tests::testbed::{self, apply_all, AuditEvent, Testbed};
+use canary_tests::{admin_call, Canaryd, Client};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{json, Value};
 
 const NS: &str = "prod";
 const HOST: &str = "app.example";
 const ROUTE: &str = "prod-production";
-const NET: &str = "networking.k8s.io/v1";
-const STABLE: [&str; 2] = ["production-a", "production-b"];
-const CANARY: &str = "canary";
+const LB_IP: &str = "192.0.2.10";
 
-/// A Service whose port 5000 (`web`) targets the Pods' port, as a Helm chart's Service does.
-fn service(name: &str, pod_port: u16) -> k8s_openapi::api::core::v1::Service {
-    let mut svc = kube_api::service(NS, name, &[("app", name)], &[("web", 5000)], None);
-    svc.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].target_port = Some(IntOrString::Int(pod_port.into()));
-    svc
+/// A Service whose port 5000 (`web`) targets the Pods' port `http`, as a Helm chart's does.
+fn service(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"selector": {"app": name}, "ports": [{"name": "web", "port": 5000, "targetPort": "http"}]}
+    })
+}
+
+/// An Ingress of `class` sending `host` to port 5000 of Service `service`.
+fn ingress(name: &str, class: &str, host: &str, service: &str, annotations: Value) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": name, "namespace": NS, "annotations": annotations},
+        "spec": {"ingressClassName": class, "rules": [{"host": host, "http": {"paths": [
+            {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": service, "port": {"number": 5000}}}}
+        ]}}]}
+    })
 }
 
 /// The canary Ingress with the ingress-nginx annotations GitLab Auto DevOps sets.
-fn canary_ingress(weight: &str) -> k8s_openapi::api::networking::v1::Ingress {
-    let mut ing = kube_api::ingress(
-        NS,
+fn canary_ingress(weight: &str) -> Value {
+    ingress(
         "production-canary",
-        Some("canaryd"),
-        &[(HOST, "/", "production-canary", "5000")],
-    );
-    ing.metadata.annotations = Some(kube_api::labels(&[
-        ("nginx.ingress.kubernetes.io/canary", "true"),
-        ("nginx.ingress.kubernetes.io/canary-weight", weight),
-        ("nginx.ingress.kubernetes.io/canary-by-header", "canary"),
-    ]));
-    ing
+        "canaryd",
+        HOST,
+        "production-canary",
+        json!({
+            "nginx.ingress.kubernetes.io/canary": "true",
+            "nginx.ingress.kubernetes.io/canary-weight": weight,
+            "nginx.ingress.kubernetes.io/canary-by-header": "canary"
+        }),
+    )
 }
 
-/// The cluster, the Pods and canaryd serving the canary Ingress at 25 %.
+/// The cluster, its Pods and canaryd serving the canary Ingress at 25 %.
 struct Setup {
-    api: KubeApi,
+    bed: Testbed,
+    admin: kube::Client,
     _dir: tempfile::TempDir,
-    _pods: Vec<BackendHandle>,
     proxy: Canaryd,
     client: Client,
+    /// The two stable Pods' names.
+    stable: BTreeSet<String>,
+    /// The canary Pod's name.
+    canary: String,
 }
 
-async fn setup(first_ip: u8) -> Setup {
-    let api = KubeApi::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = api.write_kubeconfig(dir.path());
-    // Two stable Pods and one canary Pod, all on port P (not 5000).
-    let (port, handles) = pods(&[STABLE[0], STABLE[1], CANARY], first_ip).await;
-    assert_ne!(port, 5000);
-    let ip = |i: u8| format!("127.0.0.{}", first_ip + i);
-    api.apply(kube_api::ingress_class("canaryd", "canaryd.dev/ingress-controller"));
-    api.apply(service("production", port));
-    api.apply(service("production-canary", port));
-    api.apply(kube_api::endpoint_slice(
-        NS,
-        "production-x1",
-        "production",
-        "web",
-        port.into(),
-        &[(&ip(0), true, true, false), (&ip(1), true, true, false)],
-    ));
-    api.apply(kube_api::endpoint_slice(
-        NS,
-        "production-canary-x1",
-        "production-canary",
-        "web",
-        port.into(),
-        &[(&ip(2), true, true, false)],
-    ));
-    api.apply(kube_api::ingress(
-        NS,
-        "production",
-        Some("canaryd"),
-        &[(HOST, "/", "production", "5000")],
-    ));
-    api.apply(canary_ingress("25"));
-    // Another controller's Ingress, pointing at a Service canaryd could serve: it must still be ignored.
-    api.apply(kube_api::ingress(
-        NS,
-        "other",
-        Some("nginx"),
-        &[("other.example", "/", "production", "5000")],
-    ));
-    api.apply(kube_api::service(
-        "ingress",
-        "canaryd",
-        &[("app", "canaryd")],
-        &[("http", 80)],
-        Some("192.0.2.10"),
-    ));
+async fn setup() -> Setup {
+    let bed = Testbed::start();
+    let admin = bed.admin().await;
+    apply_all(
+        &admin,
+        &[
+            namespace(NS),
+            namespace("ingress"),
+            json!({
+                "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+                "metadata": {"name": "canaryd"}, "spec": {"controller": "canaryd.dev/ingress-controller"}
+            }),
+            service("production"),
+            service("production-canary"),
+            backend_deployment(NS, "production", json!({"app": "production"}), 2, 0),
+            backend_deployment(NS, "production-canary", json!({"app": "production-canary"}), 1, 0),
+            ingress("production", "canaryd", HOST, "production", json!({})),
+            canary_ingress("25"),
+            // Another controller's Ingress, pointing at a Service canaryd could serve: it
+            // must still be ignored.
+            ingress("other", "nginx", "other.example", "production", json!({})),
+            // canaryd's own LoadBalancer Service, whose address goes into Ingress status.
+            json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "canaryd", "namespace": "ingress"},
+                "spec": {"type": "LoadBalancer", "selector": {"app": "canaryd"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+            }),
+        ],
+    )
+    .await;
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(admin.clone(), "ingress");
+    services
+        .patch_status(
+            "canaryd",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"loadBalancer": {"ingress": [{"ip": LB_IP}]}}})),
+        )
+        .await
+        .unwrap();
+    let stable = bed.wait_pods(&admin, NS, "app=production", 2).await;
+    let canary = bed.wait_pods(&admin, NS, "app=production-canary", 1).await;
+    let canary = canary.into_iter().next().unwrap();
 
-    let proxy = Canaryd::start_kubernetes(
-        &Canaryd::config(
-            "kubernetes: { namespace: prod, canary_routes: false, publish_service: ingress/canaryd, lease_duration: 3s }\n",
-        ),
-        &kubeconfig,
-    );
+    let rbac = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac.yaml")).unwrap();
+    let (proxy, dir) = bed
+        .canaryd_as_service_account(
+            &admin,
+            &rbac,
+            &Canaryd::config(
+                "kubernetes: { namespace: canaryd, canary_routes: false, publish_service: ingress/canaryd, lease_duration: 3s }\n",
+            ),
+        )
+        .await;
     let client = Client::new();
     // Ready, and both variants resolved: forced requests reach each side.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (status, _, _) = admin_call(proxy.admin, "GET", "/readyz", &[], "").await;
         if status == 200 {
@@ -116,8 +131,8 @@ async fn setup(first_ip: u8) -> Setup {
             let never = client.send(proxy.addr, HOST, "/", &[("canary", "never")]).await;
             let backend =
                 |r: &Result<canary_tests::Reply, String>| r.as_ref().ok().and_then(|r| r.backend().map(str::to_string));
-            if backend(&always).as_deref() == Some(CANARY)
-                && backend(&never).is_some_and(|b| STABLE.contains(&b.as_str()))
+            if backend(&always).as_deref() == Some(canary.as_str())
+                && backend(&never).is_some_and(|b| stable.contains(&b))
             {
                 break;
             }
@@ -130,11 +145,13 @@ async fn setup(first_ip: u8) -> Setup {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Setup {
-        api,
+        bed,
+        admin,
         _dir: dir,
-        _pods: handles,
         proxy,
         client,
+        stable,
+        canary,
     }
 }
 
@@ -148,7 +165,7 @@ async fn wait_canary_share(s: &Setup, canary: bool, timeout: Duration) -> Durati
     let started = Instant::now();
     loop {
         let seen = spread(&s.client, &s.proxy, &[], 40).await;
-        if seen.contains_key(CANARY) == canary {
+        if seen.contains_key(&s.canary) == canary {
             return started.elapsed();
         }
         assert!(
@@ -159,10 +176,14 @@ async fn wait_canary_share(s: &Setup, canary: bool, timeout: Duration) -> Durati
     }
 }
 
-/// Every request canaryd made is a call of `API_CALLS` (control/src/kubernetes/api_calls.rs),
-/// which deploy/rbac.yaml grants exactly.
-fn assert_requests_listed(api: &KubeApi) {
-    let unlisted = canary_tests::rbac::unlisted(&api.requests(), NS);
+/// Every request canaryd made was allowed by the real authorizer and is a call of
+/// `API_CALLS` (control/src/kubernetes/api_calls.rs), which deploy/rbac.yaml grants exactly.
+fn assert_requests_allowed_and_listed(bed: &Testbed) {
+    let audit = bed.audit("system:serviceaccount:canaryd:canaryd");
+    let refused: Vec<&AuditEvent> = audit.iter().filter(|e| e.decision() != "allow").collect();
+    assert!(refused.is_empty(), "refused by the real authorizer: {refused:#?}");
+    let requests: Vec<(String, String)> = audit.iter().map(AuditEvent::method_and_path).collect();
+    let unlisted = canary_tests::rbac::unlisted(&requests, "canaryd");
     assert!(
         unlisted.is_empty(),
         "requests not in API_CALLS:\n{}",
@@ -178,31 +199,34 @@ async fn route_status(proxy: &Canaryd) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_ingress_annotations_split_override_and_follow_the_cluster() {
-    let s = setup(2).await;
+    if !testbed::in_pod_network("canary_ingress_annotations_split_override_and_follow_the_cluster") {
+        return;
+    }
+    let s = setup().await;
     let (proxy, client) = (&s.proxy, &s.client);
 
     // 1. The weight annotation: 25 % to the canary, both stable Pods used.
     let seen = spread(client, proxy, &[], 4_000).await;
-    let to_canary = *seen.get(CANARY).unwrap_or(&0);
+    let to_canary = *seen.get(&s.canary).unwrap_or(&0);
     let (lo, hi) = canary_tests::binomial_bounds(4_000, 0.25);
     eprintln!("canary-weight 25: {seen:?}; canary {to_canary} of 4000, 99.9 % bounds {lo:.0}..={hi:.0}");
     assert!(
         (lo..=hi).contains(&(to_canary as f64)),
         "{to_canary} of 4000 to the canary"
     );
-    for pod in STABLE {
+    for pod in &s.stable {
         assert!(seen.get(pod).copied().unwrap_or(0) > 1_000, "{pod} got {seen:?}");
     }
     assert_eq!(seen.len(), 3, "{seen:?}");
 
     // 2. canary-by-header: `always` and `never` decide; any other value follows the weight.
     let always = spread(client, proxy, &[("canary", "always")], 50).await;
-    assert_eq!(always, HashMap::from([(CANARY.to_string(), 50)]));
+    assert_eq!(always, HashMap::from([(s.canary.clone(), 50)]));
     let never = spread(client, proxy, &[("canary", "never")], 50).await;
-    assert_eq!(never.get(CANARY), None, "{never:?}");
+    assert_eq!(never.get(&s.canary), None, "{never:?}");
     assert_eq!(never.values().sum::<usize>(), 50);
     let maybe = spread(client, proxy, &[("canary", "maybe")], 400).await;
-    let maybe_canary = *maybe.get(CANARY).unwrap_or(&0);
+    let maybe_canary = *maybe.get(&s.canary).unwrap_or(&0);
     let (lo, hi) = canary_tests::binomial_bounds(400, 0.25);
     eprintln!("canary: always → {always:?}; never → {never:?}; maybe → {maybe:?} (bounds {lo:.0}..={hi:.0})");
     assert!(
@@ -211,20 +235,20 @@ async fn canary_ingress_annotations_split_override_and_follow_the_cluster() {
     );
 
     // 3. canary-weight "0": everything to stable within a few seconds; the header still forces.
-    s.api.apply(canary_ingress("0"));
+    testbed::apply(&s.admin, &canary_ingress("0")).await.unwrap();
     let took = wait_canary_share(&s, false, Duration::from_secs(5)).await;
     let after = spread(client, proxy, &[], 400).await;
     eprintln!("canary-weight 0 applied after {took:?}; then {after:?}");
-    assert_eq!(after.get(CANARY), None, "{after:?}");
+    assert_eq!(after.get(&s.canary), None, "{after:?}");
     assert_eq!(route_status(proxy).await["weight"], json!(0.0));
     let forced = spread(client, proxy, &[("canary", "always")], 10).await;
     assert_eq!(
         forced,
-        HashMap::from([(CANARY.to_string(), 10)]),
+        HashMap::from([(s.canary.clone(), 10)]),
         "the header overrides weight 0"
     );
     // ... and back to 25.
-    s.api.apply(canary_ingress("25"));
+    testbed::apply(&s.admin, &canary_ingress("25")).await.unwrap();
     let took = wait_canary_share(&s, true, Duration::from_secs(5)).await;
     eprintln!("canary-weight 25 again after {took:?}");
     assert_eq!(route_status(proxy).await["weight"], json!(25.0));
@@ -232,12 +256,16 @@ async fn canary_ingress_annotations_split_override_and_follow_the_cluster() {
     // 4. Deleting the canary Ingress under load: all traffic to stable, no request fails.
     let load = Load::start(proxy.addr, HOST, 8_000);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(s.api.delete(NET, "Ingress", NS, "production-canary").is_some());
+    let ingresses: Api<Ingress> = Api::namespaced(s.admin.clone(), NS);
+    ingresses
+        .delete("production-canary", &DeleteParams::default())
+        .await
+        .unwrap();
     let deleted = Instant::now();
     let started = Instant::now();
     loop {
         let seen = spread(client, proxy, &[("canary", "always")], 20).await;
-        if !seen.contains_key(CANARY) {
+        if !seen.contains_key(&s.canary) {
             break;
         }
         assert!(
@@ -253,18 +281,21 @@ async fn canary_ingress_annotations_split_override_and_follow_the_cluster() {
     eprintln!(
         "canary Ingress deleted: stable only after {took:?}; then {after:?}, forced {forced:?}; load {sent} sent, {failed} failed"
     );
-    assert_eq!(after.get(CANARY), None, "{after:?}");
+    assert_eq!(after.get(&s.canary), None, "{after:?}");
     assert_eq!(after.values().sum::<usize>(), 200);
-    assert_eq!(forced.get(CANARY), None, "{forced:?}");
+    assert_eq!(forced.get(&s.canary), None, "{forced:?}");
     assert_eq!(failed, 0, "requests failed while the canary Ingress went away");
     assert!(sent > 100, "the load ran ({sent})");
     assert_eq!(route_status(proxy).await["weight"], json!(0.0));
-    assert_requests_listed(&s.api);
+    assert_requests_allowed_and_listed(&s.bed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_status_ownership_and_other_classes() {
-    let s = setup(12).await;
+    if !testbed::in_pod_network("ingress_status_ownership_and_other_classes") {
+        return;
+    }
+    let s = setup().await;
     let (proxy, client) = (&s.proxy, &s.client);
 
     // 6. The route is the Ingresses': status shows the annotation's weight, and the API refuses
@@ -321,32 +352,41 @@ async fn ingress_status_ownership_and_other_classes() {
 
     // 5. The leader publishes the LoadBalancer address of `ingress/canaryd` on our Ingresses.
     let started = Instant::now();
-    let ip_of = |api: &KubeApi, name: &str| {
-        api.get(NET, "Ingress", NS, name).and_then(|o| {
-            o["status"]["loadBalancer"]["ingress"][0]["ip"]
-                .as_str()
-                .map(str::to_string)
-        })
+    let ingresses: Api<Ingress> = Api::namespaced(s.admin.clone(), NS);
+    let ip_of = |name: &'static str| {
+        let ingresses = ingresses.clone();
+        async move {
+            let status = ingresses.get_status(name).await.unwrap().status;
+            status
+                .and_then(|s| s.load_balancer)
+                .and_then(|l| l.ingress)
+                .and_then(|i| i.into_iter().next())
+                .and_then(|i| i.ip)
+        }
     };
-    let published = s
-        .api
-        .wait_until(Duration::from_secs(15), |api| {
-            ip_of(api, "production").as_deref() == Some("192.0.2.10")
-                && ip_of(api, "production-canary").as_deref() == Some("192.0.2.10")
-        })
-        .await;
+    let published = loop {
+        if ip_of("production").await.as_deref() == Some(LB_IP)
+            && ip_of("production-canary").await.as_deref() == Some(LB_IP)
+        {
+            break true;
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     eprintln!(
         "status.loadBalancer: production {:?}, production-canary {:?}, other {:?} after {:?}",
-        ip_of(&s.api, "production"),
-        ip_of(&s.api, "production-canary"),
-        ip_of(&s.api, "other"),
+        ip_of("production").await,
+        ip_of("production-canary").await,
+        ip_of("other").await,
         started.elapsed()
     );
     assert!(published, "no Ingress status address:\n{}", proxy.log().join("\n"));
     assert_eq!(
-        ip_of(&s.api, "other"),
+        ip_of("other").await,
         None,
         "canaryd wrote the status of nginx's Ingress"
     );
-    assert_requests_listed(&s.api);
+    assert_requests_allowed_and_listed(&s.bed);
 }

@@ -50,23 +50,6 @@ async fn scale(client: &kube::Client, namespace: &str, name: &str, replicas: u32
         .unwrap();
 }
 
-/// Starts canaryd as ServiceAccount canaryd/canaryd, with the rules of `rbac` (the
-/// ServiceAccount, its ClusterRole and Role and their bindings).
-async fn canaryd_as_service_account(
-    bed: &Testbed,
-    admin: &kube::Client,
-    rbac: &str,
-    config: &str,
-) -> (Canaryd, tempfile::TempDir) {
-    apply_all(admin, &[namespace("canaryd")]).await;
-    testbed::apply_yaml(admin, rbac).await;
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = bed
-        .service_account_kubeconfig(admin, "canaryd", "canaryd", dir.path())
-        .await;
-    (Canaryd::start_kubernetes(config, &kubeconfig), dir)
-}
-
 /// Real Deployments behind a real Service: the EndpointSlice controller's slices bring
 /// canaryd the ready Pods, a scale-up adds one, a scale-down drains the leaving Pods
 /// (terminating but serving, then gone) without one failed request.
@@ -94,7 +77,9 @@ async fn endpoints_follow_real_deployments_scaling_up_and_down() {
     let config = Canaryd::config(
         "kubernetes: { namespace: canaryd, ingress_class: null, canary_routes: false }\nroutes:\n  - name: web\n    hosts: [web.example]\n    stable: { kubernetes: { namespace: prod, service: web, port: http } }\n    canary: { kubernetes: { namespace: prod, selector: \"app=web,track=canary\", port: 8080 } }\n    weight: 0\n",
     );
-    let (proxy, _dir) = canaryd_as_service_account(&bed, &admin, &read("deploy/rbac.yaml"), &config).await;
+    let (proxy, _dir) = bed
+        .canaryd_as_service_account(&admin, &read("deploy/rbac.yaml"), &config)
+        .await;
     wait_ready(&proxy).await;
     let client = Client::new();
     wait_serving(&client, &proxy, "web.example", &stable).await;
@@ -380,7 +365,7 @@ async fn deploy_rbac_grants_what_canaryd_does_and_each_rule_is_needed() {
     let rbac = read("deploy/rbac.yaml");
     let (stable_pod, canary_pod) = every_feature_cluster(&bed, &admin).await;
     let config = every_feature_config();
-    let (proxy, dir) = canaryd_as_service_account(&bed, &admin, &rbac, &config).await;
+    let (proxy, dir) = bed.canaryd_as_service_account(&admin, &rbac, &config).await;
     wait_ready(&proxy).await;
 
     let client = Client::new();
@@ -608,8 +593,9 @@ async fn an_api_server_outage_and_a_compacted_history_keep_serving_and_relist() 
     )
     .await;
     let pods = bed.wait_pods(&admin, "prod", "app=web", 2).await;
-    let (proxy, _dir) =
-        canaryd_as_service_account(&bed, &admin, &read("deploy/rbac.yaml"), &discovery_only_config()).await;
+    let (proxy, _dir) = bed
+        .canaryd_as_service_account(&admin, &read("deploy/rbac.yaml"), &discovery_only_config())
+        .await;
     wait_ready(&proxy).await;
     let client = Client::new();
     wait_serving(&client, &proxy, "app.example", &pods).await;

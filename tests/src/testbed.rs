@@ -296,6 +296,24 @@ impl Testbed {
         }
     }
 
+    /// Starts canaryd (kubernetes mode, `config`) as ServiceAccount canaryd/canaryd, with
+    /// the rules of `rbac` (the ServiceAccount, its ClusterRole and Role and their
+    /// bindings: deploy/rbac.yaml's text, say). The folder holds its kubeconfig.
+    pub async fn canaryd_as_service_account(
+        &self,
+        admin: &kube::Client,
+        rbac: &str,
+        config: &str,
+    ) -> (crate::Canaryd, tempfile::TempDir) {
+        apply_all(admin, &[crate::objects::namespace("canaryd")]).await;
+        apply_yaml(admin, rbac).await;
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = self
+            .service_account_kubeconfig(admin, "canaryd", "canaryd", dir.path())
+            .await;
+        (crate::Canaryd::start_kubernetes(config, &kubeconfig), dir)
+    }
+
     /// A client with the admin's certificate.
     pub async fn admin(&self) -> kube::Client {
         client_from(&self.info.admin_kubeconfig).await
