@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use canary_tests::cluster::Load;
 use canary_tests::objects::{backend_deployment, namespace};
-use canary_tests::testbed::{self, apply_all, AuditEvent, Testbed};
+use canary_tests::testbed::{self, apply_all, Testbed};
 use canary_tests::{admin_call, Canaryd, Client};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -176,21 +176,6 @@ async fn wait_canary_share(s: &Setup, canary: bool, timeout: Duration) -> Durati
     }
 }
 
-/// Every request canaryd made was allowed by the real authorizer and is a call of
-/// `API_CALLS` (control/src/kubernetes/api_calls.rs), which deploy/rbac.yaml grants exactly.
-fn assert_requests_allowed_and_listed(bed: &Testbed) {
-    let audit = bed.audit("system:serviceaccount:canaryd:canaryd");
-    let refused: Vec<&AuditEvent> = audit.iter().filter(|e| e.decision() != "allow").collect();
-    assert!(refused.is_empty(), "refused by the real authorizer: {refused:#?}");
-    let requests: Vec<(String, String)> = audit.iter().map(AuditEvent::method_and_path).collect();
-    let unlisted = canary_tests::rbac::unlisted(&requests, "canaryd");
-    assert!(
-        unlisted.is_empty(),
-        "requests not in API_CALLS:\n{}",
-        unlisted.join("\n")
-    );
-}
-
 async fn route_status(proxy: &Canaryd) -> Value {
     let (status, _, body) = admin_call(proxy.admin, "GET", &format!("/api/v1/routes/{ROUTE}"), &[], "").await;
     assert_eq!(status, 200, "{body}");
@@ -287,7 +272,7 @@ async fn canary_ingress_annotations_split_override_and_follow_the_cluster() {
     assert_eq!(failed, 0, "requests failed while the canary Ingress went away");
     assert!(sent > 100, "the load ran ({sent})");
     assert_eq!(route_status(proxy).await["weight"], json!(0.0));
-    assert_requests_allowed_and_listed(&s.bed);
+    s.bed.assert_canaryd_allowed_and_listed();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,5 +373,5 @@ async fn ingress_status_ownership_and_other_classes() {
         None,
         "canaryd wrote the status of nginx's Ingress"
     );
-    assert_requests_allowed_and_listed(&s.bed);
+    s.bed.assert_canaryd_allowed_and_listed();
 }

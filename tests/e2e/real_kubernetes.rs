@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use canary_tests::cluster::{spread, wait_ready, Load};
 use canary_tests::objects::{backend_deployment, namespace, service, tls_secret};
-use canary_tests::testbed::{self, apply_all, ready_pods, tail, AuditEvent, Testbed};
+use canary_tests::testbed::{self, apply_all, ready_pods, tail, AuditEvent, Testbed, CANARYD_USER};
 use canary_tests::{Canaryd, Client};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -137,39 +137,6 @@ async fn endpoints_follow_real_deployments_scaling_up_and_down() {
     );
 }
 
-/// Applies `deploy/crds/canaryroute.yaml` and waits until the server established it (its
-/// schema structural) and serves the kind.
-async fn install_canary_route_crd(admin: &kube::Client) {
-    testbed::apply_yaml(admin, &read("deploy/crds/canaryroute.yaml")).await;
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-        Api::all(admin.clone());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let crd = crds.get("canaryroutes.canaryd.dev").await.unwrap();
-        let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
-        if let Some(bad) = conditions
-            .iter()
-            .find(|c| c.type_ == "NonStructuralSchema" && c.status == "True")
-        {
-            panic!("the API server found the schema non-structural: {:?}", bad.message);
-        }
-        if conditions
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True")
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "CRD not established: {conditions:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Discovery of the new kind can lag the Established condition by a moment.
-    let gvk = kube::core::GroupVersionKind::gvk("canaryd.dev", "v1alpha1", "CanaryRoute");
-    while let Err(e) = kube::discovery::pinned_kind(admin, &gvk).await {
-        assert!(Instant::now() < deadline, "CanaryRoutes not discovered: {e}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The CanaryRoute CRD of `deploy/crds/` on the real API server: its structural schema is
 /// accepted (the CRD becomes Established), the example object is stored, and objects that
 /// break the schema are refused by the server's own validation, naming the field.
@@ -180,7 +147,7 @@ async fn the_canary_route_crd_is_accepted_and_bad_objects_are_refused_by_the_ser
     }
     let bed = Testbed::start();
     let admin = bed.admin().await;
-    install_canary_route_crd(&admin).await;
+    testbed::install_canary_route_crd(&admin).await;
     apply_all(&admin, &[namespace("prod")]).await;
     let example: Value = serde_yaml_ng::from_str(&read("examples/kubernetes/canaryroute.yaml")).unwrap();
     if let Err(e) = testbed::apply(&admin, &example).await {
@@ -235,9 +202,6 @@ async fn the_canary_route_crd_is_accepted_and_bad_objects_are_refused_by_the_ser
     }
 }
 
-/// canaryd's user on the test bed (`deploy/rbac.yaml`'s ServiceAccount).
-const CANARYD_USER: &str = "system:serviceaccount:canaryd:canaryd";
-
 /// The config of the all-features run: routes from a CanaryRoute and an Ingress, the
 /// Lease in namespace canaryd, Ingress status from a LoadBalancer Service, a TLS Secret.
 fn every_feature_config() -> String {
@@ -249,7 +213,7 @@ fn every_feature_config() -> String {
 
 /// What the all-features run needs in the cluster; returns the stable and canary Pods.
 async fn every_feature_cluster(bed: &Testbed, admin: &kube::Client) -> (String, String) {
-    install_canary_route_crd(admin).await;
+    testbed::install_canary_route_crd(admin).await;
     let stable_labels = json!({"app": "web", "track": "stable"});
     let canary_labels = json!({"app": "web", "track": "canary"});
     let mut secret = serde_json::to_value(tls_secret("prod", "web-tls", "web.example")).unwrap();

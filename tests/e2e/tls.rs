@@ -536,16 +536,6 @@ async fn on_the_test_bed(
     (bed, admin, proxy, dir)
 }
 
-/// Every request canaryd made was allowed by the real authorizer (the Secret by name only).
-fn assert_allowed(bed: &canary_tests::testbed::Testbed) {
-    let audit = bed.audit("system:serviceaccount:canaryd:canaryd");
-    let refused: Vec<_> = audit.iter().filter(|e| e.decision() != "allow").collect();
-    assert!(
-        !audit.is_empty() && refused.is_empty(),
-        "refused by the real authorizer: {refused:#?}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_from_the_secrets_of_ingress_tls_sections_rotate_and_survive_a_broken_update() {
     if !canary_tests::testbed::in_pod_network(
@@ -611,7 +601,7 @@ async fn certificates_from_the_secrets_of_ingress_tls_sections_rotate_and_surviv
             > 86_400.0
     );
     // RBAC limited to the Secret named: canaryd reads it by name only.
-    assert_allowed(&bed);
+    bed.assert_canaryd_allowed_and_listed();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -668,5 +658,5 @@ async fn certificates_from_secrets_named_in_the_config_are_served_for_their_host
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Only that Secret, by name, in its own namespace: a Role for it alone suffices.
-    assert_allowed(&bed);
+    bed.assert_canaryd_allowed_and_listed();
 }

@@ -22,6 +22,9 @@ use kube::core::GroupVersionKind;
 use serde::Deserialize;
 use serde_json::Value;
 
+/// canaryd's user when started by [`Testbed::canaryd_as_service_account`].
+pub const CANARYD_USER: &str = "system:serviceaccount:canaryd:canaryd";
+
 /// The test backend's image: the kubelet runs `test-backend` for it.
 pub const BACKEND_IMAGE: &str = "canaryd/test-backend:dev";
 /// canaryd's own image: the kubelet runs the `canaryd` binary under test.
@@ -314,6 +317,22 @@ impl Testbed {
         (crate::Canaryd::start_kubernetes(config, &kubeconfig), dir)
     }
 
+    /// Every request canaryd ([`CANARYD_USER`]) made so far was allowed by the real RBAC
+    /// authorizer and is a call of `API_CALLS` (which deploy/rbac.yaml grants exactly).
+    pub fn assert_canaryd_allowed_and_listed(&self) {
+        let audit = self.audit(CANARYD_USER);
+        let refused: Vec<&AuditEvent> = audit.iter().filter(|e| e.decision() != "allow").collect();
+        assert!(!audit.is_empty(), "no request by {CANARYD_USER} in the audit log");
+        assert!(refused.is_empty(), "refused by the real authorizer: {refused:#?}");
+        let requests: Vec<(String, String)> = audit.iter().map(AuditEvent::method_and_path).collect();
+        let unlisted = crate::rbac::unlisted(&requests, "canaryd");
+        assert!(
+            unlisted.is_empty(),
+            "requests not in API_CALLS:\n{}",
+            unlisted.join("\n")
+        );
+    }
+
     /// A client with the admin's certificate.
     pub async fn admin(&self) -> kube::Client {
         client_from(&self.info.admin_kubeconfig).await
@@ -447,4 +466,50 @@ pub async fn ready_pods(client: &kube::Client, namespace: &str, selector: &str) 
 pub fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Applies `deploy/crds/canaryroute.yaml` and waits until the server established it (its
+/// schema structural) and serves the kind.
+pub async fn install_canary_route_crd(admin: &kube::Client) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds/canaryroute.yaml");
+    apply_yaml(admin, &std::fs::read_to_string(path).unwrap()).await;
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(admin.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let crd = crds.get("canaryroutes.canaryd.dev").await.unwrap();
+        let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
+        if let Some(bad) = conditions
+            .iter()
+            .find(|c| c.type_ == "NonStructuralSchema" && c.status == "True")
+        {
+            panic!("the API server found the schema non-structural: {:?}", bad.message);
+        }
+        if conditions
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "CRD not established: {conditions:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Discovery of the new kind can lag the Established condition by a moment.
+    let gvk = GroupVersionKind::gvk("canaryd.dev", "v1alpha1", "CanaryRoute");
+    while let Err(e) = kube::discovery::pinned_kind(admin, &gvk).await {
+        assert!(std::time::Instant::now() < deadline, "CanaryRoutes not discovered: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The CanaryRoutes of `namespace`, untyped.
+pub fn canary_routes(admin: &kube::Client, namespace: &str) -> Api<DynamicObject> {
+    let resource = kube::api::ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("canaryd.dev", "v1alpha1", "CanaryRoute"),
+        "canaryroutes",
+    );
+    Api::namespaced_with(admin.clone(), namespace, &resource)
 }
