@@ -168,7 +168,25 @@ async fn main() {
     let idle_window = Duration::from_secs(if full { 30 } else { 5 });
     let idle_before = bed.audit(USER).len();
     let cpu_idle_before = cpu_seconds(proxy.pid());
+    // KUBE_SCALE_PERF=FILE: a perf profile of canaryd over the idle window.
+    let perf = std::env::var_os("KUBE_SCALE_PERF").map(|out| {
+        std::process::Command::new("perf")
+            .args(["record", "-F", "499", "-g", "-o"])
+            .arg(out)
+            .args([
+                "-p",
+                &proxy.pid().to_string(),
+                "--",
+                "sleep",
+                &idle_window.as_secs().to_string(),
+            ])
+            .spawn()
+            .expect("perf")
+    });
     tokio::time::sleep(idle_window).await;
+    if let Some(mut perf) = perf {
+        perf.wait().unwrap();
+    }
     let idle_audit = bed.audit(USER).split_off(idle_before);
     let idle_requests = idle_audit.len();
     // KUBE_SCALE_DEBUG=1: the last audit events with their timings, and canaryd's log.

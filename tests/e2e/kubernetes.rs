@@ -1,49 +1,15 @@
-//! Kubernetes mode end to end: the real `canaryd --mode kubernetes` against the test API
-//! server (real list/watch wire protocol, resourceVersions, 410 Gone, 409 conflicts) with
-//! real backends playing the Pods on loopback addresses.
+//! Kubernetes mode against the wire-level test API server (tests/src/kube_api.rs), for the
+//! one fault the real one cannot be made to produce on cue: a rival write landing between
+//! canaryd's read of a CanaryRoute and its status update (an injected 409, then the
+//! server's own). Everything else in kubernetes mode runs on the real-Kubernetes test bed
+//! (real_kubernetes.rs, replicas.rs, ingress.rs, tls.rs, helm.rs).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use canary_tests::cluster::{pods, spread, wait_ready};
+use canary_tests::cluster::{spread, wait_ready};
 use canary_tests::kube_api::{self, KubeApi};
 use canary_tests::{admin_call, Backend, Canaryd, Client};
 use serde_json::{json, Value};
-
-/// Polls until the requests reach exactly `backends`, within `timeout`.
-async fn wait_spread(client: &Client, proxy: &Canaryd, host: &str, backends: &[&str], timeout: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        let seen = spread(client, proxy, host, &[], 40).await;
-        let mut got: Vec<&str> = seen.keys().map(String::as_str).collect();
-        got.sort_unstable();
-        if got == backends {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < timeout, "requests reach {got:?}, not {backends:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Every request canaryd made is allowed by the RBAC rules we ship (plus `extra_rbac`, the
-/// Secret Roles a test's config needs) and is a call of `API_CALLS`; `namespace` is
-/// canaryd's own (`kubernetes.namespace`).
-fn assert_requests_allowed_and_listed(api: &KubeApi, namespace: &str, extra_rbac: &str) {
-    let rbac =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac.yaml")).unwrap() + extra_rbac;
-    let requests = api.requests();
-    let refused = canary_tests::rbac::violations(&requests, &rbac, namespace);
-    assert!(
-        refused.is_empty(),
-        "deploy/rbac.yaml does not allow:\n{}",
-        refused.join("\n")
-    );
-    let unlisted = canary_tests::rbac::unlisted(&requests, namespace);
-    assert!(
-        unlisted.is_empty(),
-        "requests that are no call of API_CALLS (control/src/kubernetes/api_calls.rs):\n{}",
-        unlisted.join("\n")
-    );
-}
 
 const WEB: &str = "web.example";
 
@@ -155,107 +121,12 @@ async fn a_conflicting_status_write_is_retried_on_fresh_state() {
     let to_canary = *seen.get("canary").unwrap_or(&0) as f64;
     let (lo, hi) = canary_tests::binomial_bounds(400, 0.3);
     assert!((lo..=hi).contains(&to_canary), "{to_canary} of 400 to the canary");
-    assert_requests_allowed_and_listed(&api, "prod", "");
-}
-
-/// An EndpointSlice of Service `app` with ports `(name, number)` and ready `addresses`.
-fn slice_with_ports(
-    name: &str,
-    ports: &[(&str, u16)],
-    addresses: &[&str],
-) -> k8s_openapi::api::discovery::v1::EndpointSlice {
-    let ready: Vec<(&str, bool, bool, bool)> = addresses.iter().map(|a| (*a, true, true, false)).collect();
-    let mut slice = kube_api::endpoint_slice("prod", name, "app", "unused", 0, &ready);
-    slice.ports = Some(
-        ports
-            .iter()
-            .map(|(n, p)| k8s_openapi::api::discovery::v1::EndpointPort {
-                name: Some(n.to_string()),
-                port: Some(i32::from(*p)),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            })
-            .collect(),
-    );
-    slice
-}
-
-/// The stable variant's endpoint count in the control API's route status.
-async fn stable_endpoints(proxy: &Canaryd) -> Value {
-    let (_, _, status) = admin_call(proxy.admin, "GET", "/api/v1/routes/app", &[], "").await;
-    status["stable"]["endpoints"].clone()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_services_slices_are_merged_deduplicated_and_their_named_port_resolved_per_slice() {
-    let api = KubeApi::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = api.write_kubeconfig(dir.path());
-    // Pods a, b, c on port P1 (127.0.0.40-42); b2 and c2 on port P2 at b's and c's addresses.
-    let (p1, _first) = pods(&["a", "b", "c"], 40).await;
-    let (p2, _second) = pods(&["b2", "c2"], 41).await;
-    assert_ne!(p1, p2);
-    let ip = |i: u8| format!("127.0.0.{i}");
-    // Two slices; b's address is in both. The second lists another port first, so the named
-    // port must be found by name in each slice, not by position.
-    api.apply(slice_with_ports("app-1", &[("http", p1)], &[&ip(40), &ip(41)]));
-    api.apply(slice_with_ports(
-        "app-2",
-        &[("metrics", 9100), ("http", p1)],
-        &[&ip(41), &ip(42)],
-    ));
-    let proxy = Canaryd::start_kubernetes(
-        &Canaryd::config(
-            "kubernetes: { namespace: prod, ingress_class: null, canary_routes: false }\nroutes:\n  - name: app\n    hosts: [app.example]\n    stable: { kubernetes: { service: app, port: http } }\n",
-        ),
-        &kubeconfig,
-    );
-    wait_ready(&proxy).await;
-    let client = Client::new();
-
-    // Same port in both slices: b's address is one endpoint, not two.
-    wait_spread(&client, &proxy, "app.example", &["a", "b", "c"], Duration::from_secs(5)).await;
-    assert_eq!(
-        stable_endpoints(&proxy).await,
-        json!(3),
-        "b listed twice must count once"
-    );
-    let seen = spread(&client, &proxy, "app.example", &[], 300).await;
-    eprintln!("slices [a b] + [b c] on one port: {seen:?}");
+    let unlisted = canary_tests::rbac::unlisted(&api.requests(), "prod");
     assert!(
-        seen["b"] < seen["a"] + seen["c"],
-        "b, de-duplicated, gets a third, not half: {seen:?}"
+        unlisted.is_empty(),
+        "requests not in API_CALLS:\n{}",
+        unlisted.join("\n")
     );
-
-    // The second slice's `http` is now port P2: the shared address is two endpoints, one
-    // per port, and every request reaches exactly a:P1, b:P1, b:P2 and c:P2.
-    api.apply(slice_with_ports(
-        "app-2",
-        &[("metrics", 9100), ("http", p2)],
-        &[&ip(41), &ip(42)],
-    ));
-    let took = wait_spread(
-        &client,
-        &proxy,
-        "app.example",
-        &["a", "b", "b2", "c2"],
-        Duration::from_secs(5),
-    )
-    .await;
-    eprintln!("second slice's http → port {p2}: applied after {took:?}");
-    assert_eq!(stable_endpoints(&proxy).await, json!(4));
-    let seen = spread(&client, &proxy, "app.example", &[], 200).await;
-    let mut reached: Vec<&str> = seen.keys().map(String::as_str).collect();
-    reached.sort_unstable();
-    assert_eq!(reached, ["a", "b", "b2", "c2"], "{seen:?}");
-
-    // One slice goes away: only the other's endpoints remain.
-    assert!(api
-        .delete("discovery.k8s.io/v1", "EndpointSlice", "prod", "app-1")
-        .is_some());
-    wait_spread(&client, &proxy, "app.example", &["b2", "c2"], Duration::from_secs(5)).await;
-    assert_eq!(stable_endpoints(&proxy).await, json!(2));
-    assert_requests_allowed_and_listed(&api, "prod", "");
 }
 
 /// The request checks themselves: calls are matched by group, resource, verb and scope.

@@ -641,3 +641,129 @@ async fn an_api_server_outage_and_a_compacted_history_keep_serving_and_relist() 
     assert_eq!(failed, 0, "requests failed while the API server was away");
     assert!(sent > 100 && sent < LIMIT, "the load ran throughout ({sent})");
 }
+
+/// An EndpointSlice of the selector-less Service `app` in prod, as another controller (or
+/// a person) writes them: ports `(name, number)` and ready `addresses`.
+fn slice_with_ports(name: &str, ports: &[(&str, u16)], addresses: &[String]) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": "prod", "labels": {
+            "kubernetes.io/service-name": "app",
+            "endpointslice.kubernetes.io/managed-by": "canaryd-tests"
+        }},
+        "addressType": "IPv4",
+        "ports": ports.iter().map(|(n, p)| json!({"name": n, "port": p, "protocol": "TCP"})).collect::<Vec<_>>(),
+        "endpoints": addresses.iter().map(|a| json!({"addresses": [a], "conditions": {"ready": true, "serving": true, "terminating": false}})).collect::<Vec<_>>()
+    })
+}
+
+/// Backends named `names` on 10.250.0.{first}.. (made local here: the real API server
+/// refuses loopback endpoints), all on one free port.
+async fn backends_on_local_net(names: &[&str], first: u8) -> (u16, Vec<canary_tests::BackendHandle>) {
+    static ROUTE: std::sync::Once = std::sync::Once::new();
+    ROUTE.call_once(|| {
+        let status = std::process::Command::new("ip")
+            .args(["route", "add", "local", "10.250.0.0/24", "dev", "lo"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "ip route add local 10.250.0.0/24");
+    });
+    'retry: for _ in 0..20 {
+        let port = std::net::TcpListener::bind("10.250.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut handles = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let addr = std::net::SocketAddr::from(([10, 250, 0, first + i as u8], port));
+            if std::net::TcpListener::bind(addr).is_err() {
+                continue 'retry;
+            }
+            handles.push(canary_tests::Backend::new(name).start_on(addr).await);
+        }
+        return (port, handles);
+    }
+    panic!("no port free on all of 10.250.0.{first}..");
+}
+
+/// Polls until the requests for app.example reach exactly `backends`; returns how long.
+async fn wait_reach(client: &Client, proxy: &Canaryd, backends: &[&str]) -> Duration {
+    let want: BTreeSet<String> = backends.iter().map(|b| b.to_string()).collect();
+    wait_serving(client, proxy, "app.example", &want).await
+}
+
+async fn stable_endpoints(proxy: &Canaryd) -> Value {
+    let (_, _, status) = canary_tests::client::admin_call(proxy.admin, "GET", "/api/v1/routes/app", &[], "").await;
+    status["stable"]["endpoints"].clone()
+}
+
+/// Two EndpointSlices of one Service (written by hand, as for a Service without selector):
+/// an address in both is one endpoint, the named port is looked up by name in each slice
+/// (not by position), a port change makes the shared address two endpoints, and a slice
+/// deleted takes its endpoints with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_services_slices_are_merged_deduplicated_and_their_named_port_resolved_per_slice() {
+    if !testbed::in_pod_network("a_services_slices_are_merged_deduplicated_and_their_named_port_resolved_per_slice") {
+        return;
+    }
+    let bed = Testbed::start();
+    let admin = bed.admin().await;
+    // Backends a, b, c on port P1 (10.250.0.40-42); b2 and c2 on port P2 at b's and c's.
+    let (p1, _first) = backends_on_local_net(&["a", "b", "c"], 40).await;
+    let (p2, _second) = backends_on_local_net(&["b2", "c2"], 41).await;
+    assert_ne!(p1, p2);
+    let ip = |i: u8| format!("10.250.0.{i}");
+    apply_all(
+        &admin,
+        &[
+            namespace("prod"),
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "app", "namespace": "prod"},
+                   "spec": {"ports": [{"name": "http", "port": 80}]}}),
+            slice_with_ports("app-1", &[("http", p1)], &[ip(40), ip(41)]),
+            // Another port first: `http` must be found by name.
+            slice_with_ports("app-2", &[("metrics", 9100), ("http", p1)], &[ip(41), ip(42)]),
+        ],
+    )
+    .await;
+    let config = Canaryd::config(
+        "kubernetes: { namespace: canaryd, ingress_class: null, canary_routes: false }\nroutes:\n  - name: app\n    hosts: [app.example]\n    stable: { kubernetes: { namespace: prod, service: app, port: http } }\n",
+    );
+    let (proxy, _dir) = bed
+        .canaryd_as_service_account(&admin, &read("deploy/rbac.yaml"), &config)
+        .await;
+    wait_ready(&proxy).await;
+    let client = Client::new();
+
+    // Same port in both slices: b's address is one endpoint, not two.
+    wait_reach(&client, &proxy, &["a", "b", "c"]).await;
+    assert_eq!(
+        stable_endpoints(&proxy).await,
+        json!(3),
+        "b listed twice must count once"
+    );
+    let seen = spread(&client, &proxy, "app.example", &[], 300).await;
+    eprintln!("slices [a b] + [b c] on one port: {seen:?}");
+    assert!(
+        seen["b"] < seen["a"] + seen["c"],
+        "b, de-duplicated, gets a third, not half: {seen:?}"
+    );
+
+    // The second slice's `http` is now port P2: the shared address is two endpoints.
+    testbed::apply(
+        &admin,
+        &slice_with_ports("app-2", &[("metrics", 9100), ("http", p2)], &[ip(41), ip(42)]),
+    )
+    .await
+    .unwrap();
+    let took = wait_reach(&client, &proxy, &["a", "b", "b2", "c2"]).await;
+    eprintln!("second slice's http → port {p2}: applied after {took:?}");
+    assert_eq!(stable_endpoints(&proxy).await, json!(4));
+
+    // One slice goes away: only the other's endpoints remain.
+    let slices: Api<EndpointSlice> = Api::namespaced(admin.clone(), "prod");
+    slices.delete("app-1", &Default::default()).await.unwrap();
+    wait_reach(&client, &proxy, &["b2", "c2"]).await;
+    assert_eq!(stable_endpoints(&proxy).await, json!(2));
+    bed.assert_canaryd_allowed_and_listed();
+}

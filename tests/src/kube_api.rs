@@ -2,6 +2,14 @@
 //! plain HTTP/1.1, or h2c), for driving kube-rs clients and kube-runtime watchers in
 //! end-to-end tests.
 //!
+//! Kept only for what the real API server of the test bed (tests/src/testbed.rs) cannot be
+//! made to do on cue: a rival write landing between canaryd's read of a CanaryRoute and its
+//! status update ([`KubeApi::race_writes`], with an injected 409 from
+//! [`KubeApi::fail_writes`]; tests/e2e/kubernetes.rs). Discovery, 410 Gone after a real
+//! compaction, outages, RBAC, status writes, Leases, Ingresses, Secrets, Events and the Helm
+//! install all run against real components now; tests/e2e/kube_api.rs keeps this server
+//! honest against kube-rs for as long as it is used.
+//!
 //! Objects are stored generically as `serde_json::Value`, keyed by (API group, plural),
 //! namespace and name, under one etcd-like resourceVersion counter, so any resource works.
 //! Lists (label/field selectors, `limit`/`continue`), gets, watches (bookmarks, streaming
@@ -40,7 +48,6 @@ use k8s_openapi::api::core::v1::{
     Container, LoadBalancerIngress, LoadBalancerStatus, Pod, PodCondition, PodIP, PodSpec, PodStatus, Service,
     ServicePort, ServiceSpec, ServiceStatus,
 };
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressClass, IngressClassSpec, IngressRule,
     IngressServiceBackend, IngressSpec, ServiceBackendPort,
@@ -1789,7 +1796,7 @@ impl KubeApi {
 
     /// A kubeconfig for this server (cluster, user with [`TOKEN`], context `canary-test`,
     /// namespace `default`, current-context set).
-    pub fn kubeconfig_yaml(&self) -> String {
+    fn kubeconfig_yaml(&self) -> String {
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: canary-test\n  cluster:\n    server: {}\n\
              users:\n- name: canary-test\n  user:\n    token: {TOKEN}\n\
@@ -1970,11 +1977,6 @@ impl KubeApi {
         self.shared.lock().requests.clone()
     }
 
-    /// Forgets the request log.
-    pub fn clear_requests(&self) {
-        self.shared.lock().requests.clear();
-    }
-
     /// The next `times` writes (any method but GET) whose path and query contain
     /// `path_contains` fail with `code` (409 Conflict, 500 InternalError, ...) and a Status body.
     pub fn fail_writes(&self, path_contains: &str, times: usize, code: u16) {
@@ -2019,16 +2021,6 @@ impl KubeApi {
             code,
         };
         self.shared.lock().faults.push(fault);
-    }
-
-    /// Gives resources with this plural a `/status` subresource, or takes it away.
-    pub fn set_status_subresource(&self, plural: &str, enabled: bool) {
-        let mut store = self.shared.lock();
-        if enabled {
-            store.status_subresources.insert(plural.to_string());
-        } else {
-            store.status_subresources.remove(plural);
-        }
     }
 
     /// Makes resources with this plural answer 404 like a CRD that is not installed, or serves them again.
@@ -2152,50 +2144,6 @@ pub fn pod(ns: &str, name: &str, pod_labels: &[(&str, &str)], ip: &str, ready: b
             ]),
             ..Default::default()
         }),
-    }
-}
-
-/// An IPv4 EndpointSlice of `service` with one port and endpoints `(ip, ready, serving, terminating)`.
-pub fn endpoint_slice(
-    ns: &str,
-    name: &str,
-    service: &str,
-    port_name: &str,
-    port: i32,
-    endpoints: &[(&str, bool, bool, bool)],
-) -> EndpointSlice {
-    EndpointSlice {
-        metadata: ObjectMeta {
-            labels: Some(labels(&[
-                ("kubernetes.io/service-name", service),
-                (
-                    "endpointslice.kubernetes.io/managed-by",
-                    "endpointslice-controller.k8s.io",
-                ),
-            ])),
-            ..meta(ns, name)
-        },
-        address_type: "IPv4".into(),
-        endpoints: Some(
-            endpoints
-                .iter()
-                .map(|(ip, ready, serving, terminating)| Endpoint {
-                    addresses: vec![ip.to_string()],
-                    conditions: Some(EndpointConditions {
-                        ready: Some(*ready),
-                        serving: Some(*serving),
-                        terminating: Some(*terminating),
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-        ),
-        ports: Some(vec![EndpointPort {
-            name: Some(port_name.to_string()),
-            port: Some(port),
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
     }
 }
 

@@ -267,7 +267,7 @@ func Up(opts Options) error {
 		// The reconciler refuses a loopback advertise address; nothing here uses the
 		// default/kubernetes Service's endpoints (clients come by kubeconfig).
 		"--endpoint-reconciler-type=none",
-		"--service-cluster-ip-range=10.0.0.0/24",
+		"--service-cluster-ip-range=10.0.0.0/16",
 		"--allow-privileged=true",
 		"--cert-dir=" + filepath.Join(dir, "pki"),
 		"--audit-policy-file=" + policy, "--audit-log-path=" + b.info.AuditLog,
