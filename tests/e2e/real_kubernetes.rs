@@ -767,3 +767,69 @@ async fn a_services_slices_are_merged_deduplicated_and_their_named_port_resolved
     assert_eq!(stable_endpoints(&proxy).await, json!(2));
     bed.assert_canaryd_allowed_and_listed();
 }
+
+/// A stalled path to the API server: a TCP proxy between canaryd and the real API server
+/// stops moving bytes but keeps every connection open (packets dropped, no FIN, no RST).
+/// canaryd keeps serving its last endpoints without a failed request while the cluster
+/// changes behind the stall (a scale-up it cannot see), and when the stalled connections
+/// are reset (a NAT or load balancer timing them out) it reconnects and follows the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_api_connection_keeps_serving_and_recovers_when_reset() {
+    if !testbed::in_pod_network("a_stalled_api_connection_keeps_serving_and_recovers_when_reset") {
+        return;
+    }
+    let bed = Testbed::start();
+    let admin = bed.admin().await;
+    let labels = json!({"app": "web"});
+    apply_all(
+        &admin,
+        &[
+            namespace("prod"),
+            namespace("canaryd"),
+            service("prod", "web", labels.clone()),
+            backend_deployment("prod", "web", labels, 2, 0),
+        ],
+    )
+    .await;
+    let two = bed.wait_pods(&admin, "prod", "app=web", 2).await;
+    testbed::apply_yaml(&admin, &read("deploy/rbac.yaml")).await;
+    let server: std::net::SocketAddr = bed.info.server.trim_start_matches("https://").parse().unwrap();
+    let proxy_path = canary_tests::fault_proxy::FaultProxy::start(server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = bed
+        .service_account_kubeconfig(&admin, "canaryd", "canaryd", dir.path())
+        .await;
+    let text = std::fs::read_to_string(&kubeconfig)
+        .unwrap()
+        .replace(&bed.info.server, &format!("https://{}", proxy_path.addr));
+    std::fs::write(&kubeconfig, text).unwrap();
+    let proxy = Canaryd::start_kubernetes(&discovery_only_config(), &kubeconfig);
+    wait_ready(&proxy).await;
+    let client = Client::new();
+    wait_serving(&client, &proxy, "app.example", &two).await;
+
+    const LIMIT: usize = 400_000;
+    let load = Load::start(proxy.addr, "app.example", LIMIT);
+    proxy_path.stall(true);
+    scale(&admin, "prod", "web", 3).await;
+    let three = bed.wait_pods(&admin, "prod", "app=web", 3).await;
+    // The cluster has three ready Pods; canaryd, cut off, serves the two it knows.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during: BTreeSet<String> = spread(&client, &proxy, "app.example", &[], 100)
+        .await
+        .into_keys()
+        .collect();
+    assert_eq!(during, two, "during the stall the last known endpoints serve");
+
+    let reset = Instant::now();
+    proxy_path.stall(false);
+    proxy_path.cut();
+    let took = wait_serving(&client, &proxy, "app.example", &three).await;
+    let (sent, failed) = load.stop().await;
+    eprintln!(
+        "stalled API connection reset: the scale-up made behind it served after {:?} ({took:?} of polling); {sent} requests under load, {failed} failed",
+        reset.elapsed()
+    );
+    assert_eq!(failed, 0, "requests failed while the API connection was stalled");
+    assert!(sent > 100 && sent < LIMIT, "the load ran throughout ({sent})");
+}

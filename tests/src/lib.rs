@@ -5,6 +5,7 @@ pub mod backend;
 pub mod canaryd;
 pub mod client;
 pub mod cluster;
+pub mod fault_proxy;
 pub mod kube_api;
 pub mod objects;
 pub mod rbac;
