@@ -3,15 +3,10 @@
 //! watch keeps the last known set while kube-runtime backs off and re-lists.
 //!
 //! Each watch is a `list` and a `watch` call on its resource ([`super::api_calls`]).
-//!
-//! An event changes the live set in place; the published [`Snapshot`] is copied from it
-//! only when a reader asks after a change, so a burst of events costs one copy per
-//! recompose, not one per event (1,000 CanaryRoutes status-written at start were 1,000
-//! copies of the whole set).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
@@ -19,7 +14,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 /// The objects of one watch, by `(namespace, name)`.
 #[derive(Debug)]
@@ -52,16 +47,9 @@ impl<K> Snapshot<K> {
     }
 }
 
-/// The live set and the last snapshot taken of it.
-struct Live<T> {
-    current: Snapshot<T>,
-    /// `current` as last handed out; `None` after a change.
-    published: Option<Arc<Snapshot<T>>>,
-}
-
 /// A running watch; dropping it stops the watch.
 pub struct Watch<T> {
-    live: Arc<Mutex<Live<T>>>,
+    rx: watch::Receiver<Arc<Snapshot<T>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -79,29 +67,14 @@ impl<T: Clone + Send + Sync + 'static> Watch<T> {
     where
         K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     {
-        let live = Arc::new(Mutex::new(Live {
-            current: Snapshot::default(),
-            published: None,
-        }));
-        let task = tokio::spawn(run(api, config, what, live.clone(), changed, keep));
-        Self { live, task }
+        let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
+        let task = tokio::spawn(run(api, config, what, tx, changed, keep));
+        Self { rx, task }
     }
 
-    /// The latest set (copied once per change, however many readers).
+    /// The latest published set.
     pub fn snapshot(&self) -> Arc<Snapshot<T>> {
-        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(s) = &live.published {
-            return s.clone();
-        }
-        let c = &live.current;
-        let s = Arc::new(Snapshot {
-            objects: c.objects.clone(),
-            synced: c.synced,
-            failing_since: c.failing_since,
-            last_error: c.last_error.clone(),
-        });
-        live.published = Some(s.clone());
-        s
+        self.rx.borrow().clone()
     }
 }
 
@@ -109,19 +82,21 @@ async fn run<K, T: Clone>(
     api: Api<K>,
     config: watcher::Config,
     what: String,
-    live: Arc<Mutex<Live<T>>>,
+    tx: watch::Sender<Arc<Snapshot<T>>>,
     changed: Arc<Notify>,
     keep: fn(K) -> T,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    let mut objects: BTreeMap<(String, String), T> = BTreeMap::new();
     // Objects of a (re-)list in progress: published all at once on InitDone.
     let mut listing: Option<BTreeMap<(String, String), T>> = None;
+    let mut synced = false;
+    let mut failing_since: Option<Instant> = None;
+    let mut last_error: Option<String> = None;
     let key = |o: &K| (o.namespace().unwrap_or_default(), o.name_any());
     while let Some(item) = stream.next().await {
-        let mut guard = live.lock().unwrap_or_else(PoisonError::into_inner);
-        let Live { current, published } = &mut *guard;
         let publish = match item {
             Ok(Event::Init) => {
                 listing = Some(BTreeMap::new());
@@ -132,35 +107,39 @@ async fn run<K, T: Clone>(
                 false
             }
             Ok(Event::InitDone) => {
-                current.objects = listing.take().unwrap_or_default();
-                if !current.synced || current.failing_since.is_some() {
-                    tracing::info!(watch = %what, objects = current.objects.len(), "listed");
+                objects = listing.take().unwrap_or_default();
+                if !synced || failing_since.is_some() {
+                    tracing::info!(watch = %what, objects = objects.len(), "listed");
                 }
-                current.synced = true;
-                current.failing_since = None;
+                synced = true;
+                failing_since = None;
                 true
             }
             Ok(Event::Apply(o)) => {
-                current.objects.insert(key(&o), keep(o));
-                current.failing_since = None;
+                objects.insert(key(&o), keep(o));
+                failing_since = None;
                 true
             }
             Ok(Event::Delete(o)) => {
-                current.objects.remove(&key(&o));
-                current.failing_since = None;
+                objects.remove(&key(&o));
+                failing_since = None;
                 true
             }
             Err(e) => {
                 // The last known set stays; the watcher backs off and re-lists.
                 tracing::warn!(watch = %what, error = %e, "watch failed; keeping the last known objects");
-                current.failing_since.get_or_insert_with(Instant::now);
-                current.last_error = Some(e.to_string());
+                failing_since.get_or_insert_with(Instant::now);
+                last_error = Some(e.to_string());
                 true
             }
         };
         if publish {
-            *published = None;
-            drop(guard);
+            tx.send_replace(Arc::new(Snapshot {
+                objects: objects.clone(),
+                synced,
+                failing_since,
+                last_error: last_error.clone(),
+            }));
             changed.notify_one();
         }
     }
