@@ -53,15 +53,15 @@ fn objects(n: usize) -> Vec<Value> {
         for k in 0..SLICES {
             out.push(slice(i, k, 0));
         }
-        out.push(json!({
-            "apiVersion": "canaryd.dev/v1alpha1", "kind": "CanaryRoute",
-            "metadata": {"name": format!("route-{i}"), "namespace": "scale"},
-            "spec": {
+        out.push(canary_tests::objects::canary_route(
+            "scale",
+            &format!("route-{i}"),
+            json!({
                 "hosts": [format!("svc-{i}.example")],
                 "stable": {"kubernetes": {"service": format!("svc-{i}"), "port": "http"}},
                 "weight": 0
-            }
-        }));
+            }),
+        ));
     }
     out
 }

@@ -964,11 +964,11 @@ fn docs_name_real_commands_and_flags() {
 /// authorizer allowed every request the chart's ServiceAccount made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_install_on_the_test_bed_splits_90_10_with_the_charts_rbac() {
-    use canary_tests::objects::{backend_deployment, namespace, service};
+    use canary_tests::objects::{backend_deployment, canary_route, namespace, service};
     use canary_tests::testbed::{self, apply_all, tail, Testbed};
     use k8s_openapi::api::coordination::v1::Lease;
     use k8s_openapi::api::core::v1::Pod;
-    use kube::api::{Api, DeleteParams, Patch, PatchParams};
+    use kube::api::{Api, DeleteParams};
 
     if !testbed::in_pod_network("default_install_on_the_test_bed_splits_90_10_with_the_charts_rbac") {
         return;
@@ -1009,15 +1009,7 @@ async fn default_install_on_the_test_bed_splits_90_10_with_the_charts_rbac() {
     apply_all(&admin, &objects).await;
     // MetalLB's part: the chart's LoadBalancer Service gets its address.
     let fullname = c.one("Deployment")["metadata"]["name"].as_str().unwrap();
-    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(admin.clone(), &c.namespace);
-    services
-        .patch_status(
-            fullname,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"loadBalancer": {"ingress": [{"ip": LB_IP}]}}})),
-        )
-        .await
-        .unwrap();
+    testbed::set_load_balancer_ip(&admin, &c.namespace, fullname, LB_IP).await;
 
     // The demo app: stable behind the Service `web`, the canary by label, at weight 10,
     // and an Ingress of the chart's class; and a canary that answers 500, to be rolled back
@@ -1034,27 +1026,19 @@ async fn default_install_on_the_test_bed_splits_90_10_with_the_charts_rbac() {
             backend_deployment("prod", "web", stable_labels, 2, 0),
             backend_deployment("prod", "web-canary", json!({"app": "web", "track": "canary"}), 1, 0),
             failing,
-            json!({
-                "apiVersion": "canaryd.dev/v1alpha1", "kind": "CanaryRoute",
-                "metadata": {"name": "bad", "namespace": "prod"},
-                "spec": {
+            canary_route("prod", "bad", json!({
                     "hosts": ["bad.example"],
                     "stable": {"kubernetes": {"service": "web", "port": "http"}},
                     "canary": {"kubernetes": {"selector": "app=bad", "port": 8080}},
                     "weight": 50,
                     "rollout": {"analysis": {"window": "10s", "minRequests": 10, "maxErrorRate": 5, "failuresBeforeAbort": 1}}
-                }
-            }),
-            json!({
-                "apiVersion": "canaryd.dev/v1alpha1", "kind": "CanaryRoute",
-                "metadata": {"name": "web", "namespace": "prod"},
-                "spec": {
+                })),
+            canary_route("prod", "web", json!({
                     "hosts": ["web.example"],
                     "stable": {"kubernetes": {"service": "web", "port": "http"}},
                     "canary": {"kubernetes": {"selector": "app=web,track=canary", "port": 8080}},
                     "weight": 10
-                }
-            }),
+                })),
             json!({
                 "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
                 "metadata": {"name": "shop", "namespace": "prod"},
@@ -1107,7 +1091,7 @@ async fn default_install_on_the_test_bed_splits_90_10_with_the_charts_rbac() {
     }
     let (lo, hi) = canary_tests::binomial_bounds(N, 0.10);
     eprintln!(
-        "chart install: {to_canary} of {N} to the canary ({:.2} %), {to_stable} to stable; 99.9 % bounds {lo:.0}..{hi:.0}",
+        "chart install: {to_canary} of {N} to the canary ({:.2} %), {to_stable} to stable; 1e-5 bounds {lo:.0}..{hi:.0}",
         100.0 * to_canary as f64 / N as f64
     );
     assert!(

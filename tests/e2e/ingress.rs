@@ -12,7 +12,7 @@ use canary_tests::objects::{backend_deployment, namespace};
 use canary_tests::testbed::{self, apply_all, Testbed};
 use canary_tests::{admin_call, Canaryd, Client};
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams};
 use serde_json::{json, Value};
 
 const NS: &str = "prod";
@@ -98,15 +98,7 @@ async fn setup() -> Setup {
         ],
     )
     .await;
-    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(admin.clone(), "ingress");
-    services
-        .patch_status(
-            "canaryd",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"loadBalancer": {"ingress": [{"ip": LB_IP}]}}})),
-        )
-        .await
-        .unwrap();
+    testbed::set_load_balancer_ip(&admin, "ingress", "canaryd", LB_IP).await;
     let stable = bed.wait_pods(&admin, NS, "app=production", 2).await;
     let canary = bed.wait_pods(&admin, NS, "app=production-canary", 1).await;
     let canary = canary.into_iter().next().unwrap();
@@ -194,7 +186,7 @@ async fn canary_ingress_annotations_split_override_and_follow_the_cluster() {
     let seen = spread(client, proxy, &[], 4_000).await;
     let to_canary = *seen.get(&s.canary).unwrap_or(&0);
     let (lo, hi) = canary_tests::binomial_bounds(4_000, 0.25);
-    eprintln!("canary-weight 25: {seen:?}; canary {to_canary} of 4000, 99.9 % bounds {lo:.0}..={hi:.0}");
+    eprintln!("canary-weight 25: {seen:?}; canary {to_canary} of 4000, 1e-5 bounds {lo:.0}..={hi:.0}");
     assert!(
         (lo..=hi).contains(&(to_canary as f64)),
         "{to_canary} of 4000 to the canary"

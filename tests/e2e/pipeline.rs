@@ -78,7 +78,7 @@ async fn gitlab_incremental_rollout_pipeline() {
         }
         let (lo, hi) = binomial_bounds(n, share);
         eprintln!(
-            "after {job:?}: canary {hits} of {n} ({:.2} %), 99.9 % interval {lo:.0}..{hi:.0}",
+            "after {job:?}: canary {hits} of {n} ({:.2} %), 1e-5 interval {lo:.0}..{hi:.0}",
             hits as f64 * 100.0 / n as f64
         );
         assert!((lo..=hi).contains(&(hits as f64)), "after {job}: {hits} of {n}");

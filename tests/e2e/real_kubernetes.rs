@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use canary_tests::cluster::{spread, wait_ready, Load};
-use canary_tests::objects::{backend_deployment, namespace, service, tls_secret};
+use canary_tests::objects::{backend_deployment, canary_route, namespace, service, tls_secret};
 use canary_tests::testbed::{self, apply_all, ready_pods, tail, AuditEvent, Testbed, CANARYD_USER};
 use canary_tests::{Canaryd, Client};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -255,28 +255,16 @@ async fn every_feature_cluster(bed: &Testbed, admin: &kube::Client) -> (String, 
                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "canaryd-tls"},
                 "subjects": [{"kind": "ServiceAccount", "name": "canaryd", "namespace": "canaryd"}]
             }),
-            json!({
-                "apiVersion": "canaryd.dev/v1alpha1", "kind": "CanaryRoute",
-                "metadata": {"name": "web", "namespace": "prod"},
-                "spec": {
+            canary_route("prod", "web", json!({
                     "hosts": ["web.example"],
                     "stable": {"kubernetes": {"service": "web", "port": "http"}},
                     "canary": {"kubernetes": {"selector": "app=web,track=canary", "port": 8080}},
                     "weight": 0
-                }
-            }),
+                })),
         ],
     )
     .await;
-    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(admin.clone(), "canaryd");
-    services
-        .patch_status(
-            "canaryd-lb",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}}})),
-        )
-        .await
-        .unwrap();
+    testbed::set_load_balancer_ip(admin, "canaryd", "canaryd-lb", "192.0.2.10").await;
     let stable = bed.wait_pods(admin, "prod", "app=web,track=stable", 1).await;
     let canary = bed.wait_pods(admin, "prod", "app=web,track=canary", 1).await;
     (stable.into_iter().next().unwrap(), canary.into_iter().next().unwrap())

@@ -8,21 +8,14 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use canary_tests::cluster::{spread, wait_ready};
-use canary_tests::objects::namespace;
-use canary_tests::testbed::{self, apply_all, Testbed};
+use canary_tests::objects::{canary_route, namespace};
+use canary_tests::testbed::{self, apply_all, eventually, Testbed};
 use canary_tests::{admin_call, Backend, Canaryd, Client};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, DeleteParams};
 use serde_json::{json, Value};
 
 const WEB: &str = "web.example";
-
-fn canary_route(name: &str, spec: Value) -> Value {
-    json!({
-        "apiVersion": "canaryd.dev/v1alpha1", "kind": "CanaryRoute",
-        "metadata": {"name": name, "namespace": "prod"}, "spec": spec
-    })
-}
 
 fn canary_route_spec(stable: &str, canary: &str) -> Value {
     json!({
@@ -75,20 +68,6 @@ async fn lease_holder(admin: &kube::Client) -> Option<String> {
         .and_then(|s| s.holder_identity)
 }
 
-/// Polls `check` every 50 ms for up to `timeout`.
-async fn eventually<F: std::future::Future<Output = bool>>(timeout: Duration, mut check: impl FnMut() -> F) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Polls until the requests reach exactly `backends`, within `timeout`.
 async fn wait_spread(client: &Client, proxy: &Canaryd, host: &str, backends: &[&str], timeout: Duration) {
     let started = Instant::now();
@@ -112,6 +91,7 @@ async fn replicas_share_weights_refuse_stale_writes_and_hand_over_the_lease() {
     let stable = Backend::new("stable").start().await;
     let canary = Backend::new("canary").start().await;
     let (bed, admin) = bed_with(&[canary_route(
+        "prod",
         "web",
         canary_route_spec(&stable.endpoint(), &canary.endpoint()),
     )])
@@ -135,6 +115,7 @@ async fn replicas_share_weights_refuse_stale_writes_and_hand_over_the_lease() {
     apply_all(
         &admin,
         &[canary_route(
+            "prod",
             "web-copy",
             canary_route_spec(&stable.endpoint(), &canary.endpoint()),
         )],
@@ -272,6 +253,7 @@ async fn an_abort_by_any_replica_reaches_every_replica() {
     let stable = Backend::new("stable").start().await;
     let canary = Backend::new("canary").status(500).start().await;
     let (bed, admin) = bed_with(&[canary_route(
+        "prod",
         "web",
         json!({
             "hosts": [WEB],
@@ -353,6 +335,7 @@ async fn file_routes_and_canary_routes_coexist_and_a_name_clash_is_refused() {
     let web_canary = Backend::new("web-canary").start().await;
     let impostor = Backend::new("impostor").start().await;
     let (bed, admin) = bed_with(&[canary_route(
+        "prod",
         "web",
         canary_route_spec(&web_stable.endpoint(), &web_canary.endpoint()),
     )])
@@ -383,6 +366,7 @@ async fn file_routes_and_canary_routes_coexist_and_a_name_clash_is_refused() {
     apply_all(
         &admin,
         &[canary_route(
+            "prod",
             "files",
             json!({"hosts": ["impostor.example"], "stable": {"endpoints": [impostor.endpoint()]}, "weight": 0}),
         )],

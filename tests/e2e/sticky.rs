@@ -125,7 +125,7 @@ async fn stepping_up_never_bounces_a_user_and_restart_keeps_everyone() {
     let n = users.len();
     for (weight, on_canary) in steps {
         let (lo, hi) = binomial_bounds(n as u64, weight / 100.0);
-        eprintln!("weight {weight} %: {on_canary} of {n} users on canary (99.9 % interval {lo:.0}..{hi:.0})");
+        eprintln!("weight {weight} %: {on_canary} of {n} users on canary (1e-5 interval {lo:.0}..{hi:.0})");
         assert!(
             (lo..=hi).contains(&(on_canary as f64)),
             "weight {weight}: {on_canary} users"

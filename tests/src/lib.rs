@@ -15,9 +15,12 @@ pub use backend::{Backend, BackendHandle, Recorded, TlsSeen};
 pub use canaryd::Canaryd;
 pub use client::{admin_call, Client, Reply};
 
-/// The 99.9 % two-sided binomial bound (3.29 standard deviations) around `n * p`.
+/// The two-sided 1-in-100,000 binomial bound (4.42 standard deviations) around `n * p`.
+///
+/// The suite makes a few dozen such checks per run on random draws; at 99.9 % (3.29 sd)
+/// one of them failed a fair split every few runs.
 pub fn binomial_bounds(n: u64, p: f64) -> (f64, f64) {
     let mean = n as f64 * p;
     let sd = (n as f64 * p * (1.0 - p)).sqrt();
-    (mean - 3.29 * sd, mean + 3.29 * sd)
+    (mean - 4.42 * sd, mean + 4.42 * sd)
 }

@@ -72,3 +72,11 @@ pub fn tls_secret(ns: &str, name: &str, host: &str) -> k8s_openapi::api::core::v
         ..Default::default()
     }
 }
+
+/// A CanaryRoute `namespace/name` with `spec`.
+pub fn canary_route(namespace: &str, name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "canaryd.dev/v1alpha1", "kind": "CanaryRoute",
+        "metadata": {"name": name, "namespace": namespace}, "spec": spec
+    })
+}

@@ -513,3 +513,33 @@ pub fn canary_routes(admin: &kube::Client, namespace: &str) -> Api<DynamicObject
     );
     Api::namespaced_with(admin.clone(), namespace, &resource)
 }
+
+/// Gives the LoadBalancer Service `namespace/name` the address `ip`, as MetalLB would.
+pub async fn set_load_balancer_ip(admin: &kube::Client, namespace: &str, name: &str, ip: &str) {
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(admin.clone(), namespace);
+    services
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": ip}]}}})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("status of Service {namespace}/{name}: {e}"));
+}
+
+/// Polls `check` every 50 ms until it holds (true) or `timeout` passes (false).
+pub async fn eventually<F: std::future::Future<Output = bool>>(
+    timeout: Duration,
+    mut check: impl FnMut() -> F,
+) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

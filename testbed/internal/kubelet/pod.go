@@ -69,6 +69,16 @@ func (p *pod) logf(format string, args ...any) {
 	log.Printf("kubelet: pod %s/%s: %s", p.obj.Namespace, p.obj.Name, fmt.Sprintf(format, args...))
 }
 
+// failAll marks every container as waiting for `reason` and reports it.
+func (p *pod) failAll(reason string) {
+	p.mu.Lock()
+	for _, c := range p.containers {
+		c.waiting = reason
+	}
+	p.mu.Unlock()
+	p.markDirty()
+}
+
 func (p *pod) markDirty() {
 	select {
 	case p.dirty <- struct{}{}:
@@ -87,12 +97,7 @@ func (p *pod) run(ctx context.Context) {
 	sandbox, err := newSandbox(p.ip, Gateway(p.k.cfg.Network), "v"+strings.ReplaceAll(strings.SplitN(p.ip, ".", 3)[2], ".", "_"))
 	if err != nil {
 		p.logf("%v", err)
-		p.mu.Lock()
-		for _, c := range p.containers {
-			c.waiting = "CreatePodSandboxError"
-		}
-		p.mu.Unlock()
-		p.markDirty()
+		p.failAll("CreatePodSandboxError")
 		return
 	}
 	defer sandbox.close()
@@ -100,12 +105,7 @@ func (p *pod) run(ctx context.Context) {
 	env, err := p.prepare(ctx)
 	if err != nil {
 		p.logf("%v", err)
-		p.mu.Lock()
-		for _, c := range p.containers {
-			c.waiting = "CreateContainerConfigError"
-		}
-		p.mu.Unlock()
-		p.markDirty()
+		p.failAll("CreateContainerConfigError")
 	}
 	p.mu.Lock()
 	p.env = env
