@@ -780,18 +780,16 @@ async fn a_stalled_api_connection_keeps_serving_and_recovers_when_reset() {
     )
     .await;
     let two = bed.wait_pods(&admin, "prod", "app=web", 2).await;
-    testbed::apply_yaml(&admin, &read("deploy/rbac.yaml")).await;
     let server: std::net::SocketAddr = bed.info.server.trim_start_matches("https://").parse().unwrap();
     let proxy_path = canary_tests::fault_proxy::FaultProxy::start(server).await;
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = bed
-        .service_account_kubeconfig(&admin, "canaryd", "canaryd", dir.path())
+    let (proxy, _dir) = bed
+        .canaryd_as_service_account_via(
+            &admin,
+            &read("deploy/rbac.yaml"),
+            &discovery_only_config(),
+            &format!("https://{}", proxy_path.addr),
+        )
         .await;
-    let text = std::fs::read_to_string(&kubeconfig)
-        .unwrap()
-        .replace(&bed.info.server, &format!("https://{}", proxy_path.addr));
-    std::fs::write(&kubeconfig, text).unwrap();
-    let proxy = Canaryd::start_kubernetes(&discovery_only_config(), &kubeconfig);
     wait_ready(&proxy).await;
     let client = Client::new();
     wait_serving(&client, &proxy, "app.example", &two).await;

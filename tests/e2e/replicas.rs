@@ -2,17 +2,23 @@
 //! real-Kubernetes test bed: real optimistic concurrency on the status subresource, Lease
 //! leader election between two canaryd processes, Events, and CanaryRoutes beside config
 //! file routes. Each canaryd runs as deploy/rbac.yaml's ServiceAccount, through the real
-//! RBAC authorizer. The backends are static endpoints (no Pods needed here).
+//! RBAC authorizer. The backends are static endpoints (no Pods needed here). A rival
+//! replica's write between canaryd's read and write is made on cue through a tap in front of
+//! the API server (tests/src/api_tap.rs).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use canary_tests::api_tap::ApiTap;
 use canary_tests::cluster::{spread, wait_ready};
 use canary_tests::objects::{canary_route, namespace};
 use canary_tests::testbed::{self, apply_all, eventually, Testbed};
 use canary_tests::{admin_call, Backend, Canaryd, Client};
+use http::Method;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{json, Value};
 
 const WEB: &str = "web.example";
@@ -443,5 +449,118 @@ async fn file_routes_and_canary_routes_coexist_and_a_name_clash_is_refused() {
         "the clash stayed reported after the delete"
     );
     assert_eq!(route_status(&proxy, "web").await["name"], json!("web"));
+    bed.assert_canaryd_allowed_and_listed();
+}
+
+/// A rival replica's status write landing between canaryd's read of a CanaryRoute and its
+/// own status update: the real server refuses canaryd's write (409, a stale
+/// resourceVersion), and canaryd reads again and builds on the rival's state instead of
+/// overwriting it. A tap in front of the API server (tests/src/api_tap.rs) answers the first
+/// write with an injected 409 and runs the rival's write on cue before the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rival_status_write_between_read_and_write_is_retried_on_fresh_state() {
+    if !testbed::in_pod_network("a_rival_status_write_between_read_and_write_is_retried_on_fresh_state") {
+        return;
+    }
+    let stable = Backend::new("stable").start().await;
+    let canary = Backend::new("canary").start().await;
+    let (bed, admin) = bed_with(&[canary_route(
+        "prod",
+        "web",
+        canary_route_spec(&stable.endpoint(), &canary.endpoint()),
+    )])
+    .await;
+    let tap = ApiTap::start(&bed.info.server, bed.info.ca_file.parent().unwrap()).await;
+    let rbac = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac.yaml")).unwrap();
+    let (proxy, _dir) = bed
+        .canaryd_as_service_account_via(&admin, &rbac, &replica_config(), &tap.url())
+        .await;
+    wait_ready(&proxy).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            object(&admin, "web").await["status"]["revision"].as_u64().unwrap_or(0) >= 1
+        })
+        .await,
+        "no first status written"
+    );
+    let rival_revision = object(&admin, "web").await["status"]["revision"].as_u64().unwrap() + 1;
+
+    const STATUS: &str = "/canaryroutes/web/status";
+    let routes = testbed::canary_routes(&admin, "prod");
+    let rival_writes = Arc::new(AtomicUsize::new(0));
+    let counter = rival_writes.clone();
+    tap.refuse(Method::PUT, STATUS, 1, 409);
+    tap.before(
+        Method::PUT,
+        STATUS,
+        1,
+        Arc::new(move || {
+            let (routes, counter) = (routes.clone(), counter.clone());
+            Box::pin(async move {
+                let mut o = routes.get_status("web").await.unwrap();
+                let status = &mut o.data["status"];
+                status["revision"] = json!(rival_revision);
+                status["lastVerdict"] = json!("healthy (the rival replica's analysis)");
+                status["updatedBy"] = json!("analysis via the-rival-replica");
+                routes.replace_status("web", &PostParams::default(), &o).await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+            })
+        }),
+    );
+    let from = tap.requests().len();
+    let out = std::process::Command::new(canary_tests::canaryd::canaryctl())
+        .args(["weight", "web", "30", "--reason", "pipeline step"])
+        .env("CANARYD_URL", format!("http://{}", proxy.admin))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "canaryctl weight failed despite the retries: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        proxy.log().join("\n")
+    );
+    assert_eq!(rival_writes.load(Ordering::SeqCst), 1, "the rival write did not run");
+    let count = |method: &str, suffix: &str| {
+        tap.requests()[from..]
+            .iter()
+            .filter(|(m, p)| m == method && p.split('?').next().is_some_and(|p| p.ends_with(suffix)))
+            .count()
+    };
+    let (puts, gets) = (count("PUT", STATUS), count("GET", "/canaryroutes/web"));
+    eprintln!("weight 30 through an injected and a real 409: {gets} GETs, {puts} status PUTs");
+    assert_eq!(puts, 3, "one write, two conflicts, one retry each");
+    assert!(gets >= 3, "each attempt reads the object again ({gets} GETs)");
+    // The real server refused the second write: its audit log says 409.
+    let conflicts = bed
+        .audit(testbed::CANARYD_USER)
+        .into_iter()
+        .filter(|e| e.verb == "update" && e.request_uri.split('?').next().is_some_and(|p| p.ends_with(STATUS)))
+        .filter(|e| e.response_status.as_ref().is_some_and(|s| s.code == 409))
+        .count();
+    assert_eq!(conflicts, 1, "the API server's own 409 for the stale write");
+
+    // Built on the rival's state: its revision is the base, its verdict is kept.
+    let after = object(&admin, "web").await["status"].clone();
+    assert_eq!(after["weightPpm"], json!(300_000), "{after}");
+    assert_eq!(after["revision"], json!(rival_revision + 1), "{after}");
+    assert_eq!(
+        after["lastVerdict"],
+        json!("healthy (the rival replica's analysis)"),
+        "{after}"
+    );
+    assert_eq!(after["lastReason"], json!("pipeline step"), "{after}");
+    assert!(
+        after["updatedBy"].as_str().is_some_and(|u| !u.contains("rival")),
+        "{after}"
+    );
+
+    // And served: the control API's status and the traffic split say 30 %.
+    let status = route_status(&proxy, "web").await;
+    assert_eq!(status["weight"], json!(30.0), "{status}");
+    assert_eq!(status["revision"], json!(rival_revision + 1), "{status}");
+    let seen = spread(&Client::new(), &proxy, WEB, &[], 400).await;
+    let to_canary = *seen.get("canary").unwrap_or(&0) as f64;
+    let (lo, hi) = canary_tests::binomial_bounds(400, 0.3);
+    assert!((lo..=hi).contains(&to_canary), "{to_canary} of 400 to the canary");
     bed.assert_canaryd_allowed_and_listed();
 }

@@ -1,12 +1,12 @@
 //! Support for the end-to-end tests: real backends on port 0, the real `canaryd`
 //! binary, and HTTP clients — all on loopback.
 
+pub mod api_tap;
 pub mod backend;
 pub mod canaryd;
 pub mod client;
 pub mod cluster;
 pub mod fault_proxy;
-pub mod kube_api;
 pub mod objects;
 pub mod rbac;
 pub mod testbed;

@@ -1,5 +1,5 @@
-//! Checks the requests canaryd made (from the test bed's audit log, or the wire-level test
-//! server's request log) against canaryd's list of the API calls it makes (`API_CALLS`,
+//! Checks the requests canaryd made (from the test bed's audit log, or an API tap's request
+//! log) against canaryd's list of the API calls it makes (`API_CALLS`,
 //! which deploy/rbac.yaml grants exactly): every request must be a listed call, and every
 //! listed call must be made by some test, or the list (and the RBAC) grants more than the
 //! code uses. Whether RBAC allows them is the real authorizer's call (the audit log's
@@ -148,5 +148,47 @@ mod tests {
         let a = attributes("GET", "/api/v1/pods").unwrap();
         assert_eq!((a.group.as_str(), a.verb.as_str(), a.namespace), ("", "list", None));
         assert_eq!(attributes("GET", "/version"), None);
+    }
+
+    /// The request checks themselves: calls are matched by group, resource, verb and scope.
+    #[test]
+    fn requests_are_matched_to_the_api_call_list_with_their_scope() {
+        let log = |reqs: &[(&str, &str)]| -> Vec<(String, String)> {
+            reqs.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect()
+        };
+        let listed = log(&[
+            ("GET", "/api/v1/namespaces/a/pods?labelSelector=x"),
+            ("PUT", "/apis/canaryd.dev/v1alpha1/namespaces/a/canaryroutes/web/status"),
+            ("GET", "/apis/coordination.k8s.io/v1/namespaces/ops/leases/l"),
+            (
+                "GET",
+                "/api/v1/namespaces/a/secrets?fieldSelector=metadata.name%3Dt&watch=true",
+            ),
+            ("GET", "/version"),
+        ]);
+        assert_eq!(unlisted(&listed, "ops"), Vec::<String>::new());
+        for (m, p) in [
+            ("GET", "/api/v1/namespaces/a/pods/p"),
+            (
+                "PATCH",
+                "/apis/canaryd.dev/v1alpha1/namespaces/a/canaryroutes/web/status",
+            ),
+            ("GET", "/apis/networking.k8s.io/v1/ingressclasses"),
+            ("GET", "/apis/coordination.k8s.io/v1/namespaces/prod/leases/l"),
+            ("GET", "/api/v1/namespaces/a/secrets"),
+        ] {
+            assert_eq!(unlisted(&log(&[(m, p)]), "ops").len(), 1, "{m} {p}");
+        }
+        let unused = unused(&log(&[("GET", "/api/v1/namespaces/a/pods?watch=true")]), "ops");
+        assert!(unused.iter().any(|u| u.starts_with("/pods list")), "{unused:?}");
+        assert!(!unused.iter().any(|u| u.starts_with("/pods watch")), "{unused:?}");
+        assert_eq!(
+            unused.len(),
+            canary_control::kubernetes::api_calls::API_CALLS
+                .iter()
+                .map(|c| c.verbs.len())
+                .sum::<usize>()
+                - 1
+        );
     }
 }

@@ -308,12 +308,29 @@ impl Testbed {
         rbac: &str,
         config: &str,
     ) -> (crate::Canaryd, tempfile::TempDir) {
+        self.canaryd_as_service_account_via(admin, rbac, config, &self.info.server)
+            .await
+    }
+
+    /// [`Testbed::canaryd_as_service_account`] with canaryd reaching the API server at
+    /// `server` (a proxy or tap in front of it) instead of its own address.
+    pub async fn canaryd_as_service_account_via(
+        &self,
+        admin: &kube::Client,
+        rbac: &str,
+        config: &str,
+        server: &str,
+    ) -> (crate::Canaryd, tempfile::TempDir) {
         apply_all(admin, &[crate::objects::namespace("canaryd")]).await;
         apply_yaml(admin, rbac).await;
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = self
             .service_account_kubeconfig(admin, "canaryd", "canaryd", dir.path())
             .await;
+        let text = std::fs::read_to_string(&kubeconfig)
+            .unwrap()
+            .replace(&self.info.server, server);
+        std::fs::write(&kubeconfig, text).unwrap();
         (crate::Canaryd::start_kubernetes(config, &kubeconfig), dir)
     }
 
