@@ -6,6 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+
 use canary_config::{Analysis, Config, PrometheusCheck, Weight};
 use canary_proxy::running::Totals;
 use canary_proxy::window::{self, WindowTotals};
@@ -188,7 +190,8 @@ struct Judged {
 
 /// The control plane's single owner of route state.
 pub struct Controller {
-    inner: Mutex<Inner>,
+    /// Shared with the state file's background writer, which holds it weakly.
+    inner: Arc<Mutex<Inner>>,
     table: TableHandle,
     metrics: ProxyMetrics,
     control_metrics: ControlMetrics,
@@ -217,8 +220,9 @@ impl Controller {
         }
         store.save()?;
         let table = TableHandle::new(RoutingTable::build(&config, |r| store.state.live(r), None, &metrics)?);
+        let file = store.file();
         let controller = Self {
-            inner: Mutex::new(Inner {
+            inner: Arc::new(Mutex::new(Inner {
                 config,
                 store,
                 judged: HashMap::new(),
@@ -226,7 +230,7 @@ impl Controller {
                 intents: Vec::new(),
                 spec_writes: HashSet::new(),
                 discovery: HashMap::new(),
-            }),
+            })),
             leader: std::sync::atomic::AtomicBool::new(true),
             intents_ready: tokio::sync::Notify::new(),
             cluster: std::sync::OnceLock::new(),
@@ -236,13 +240,23 @@ impl Controller {
             control_metrics,
             prometheus: Mutex::new(HashMap::new()),
         };
+        if let Some(file) = file {
+            crate::state_writer::spawn(file, Arc::downgrade(&controller.inner), |inner| {
+                lock(inner).store.unsaved()
+            })
+            .context("starting the state file writer")?;
+        }
         controller.publish_gauges(&controller.lock());
         Ok((controller, table))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves state that was valid before the panicking call.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner)
+    }
+
+    /// Writes state changes the background writer has not written yet (at shutdown).
+    pub fn flush_state(&self) -> Result<(), StateError> {
+        self.lock().store.flush()
     }
 
     /// Applies a new config file: its routes, and weights edited in it.
@@ -261,10 +275,7 @@ impl Controller {
         for entry in edits {
             inner.store.state.record(entry);
         }
-        if let Err(e) = inner.store.save() {
-            // The new config serves; the next successful save catches up.
-            tracing::error!(error = %e, "route state not saved");
-        }
+        inner.store.save_soon();
         inner.config = config;
         Ok(())
     }
@@ -284,9 +295,7 @@ impl Controller {
             if !matches!(e, CommandError::Persist(_)) {
                 let entry = AuditEntry::refused(actor, Some(route), command.name(), reason, &e.to_string());
                 inner.store.state.record(entry);
-                if let Err(e) = inner.store.save() {
-                    tracing::error!(error = %e, "audit not saved");
-                }
+                inner.store.save_soon();
             }
         }
         result
@@ -479,9 +488,7 @@ impl Controller {
             return;
         }
         *current = state;
-        if let Err(e) = inner.store.save() {
-            tracing::error!(error = %e, "route state not saved");
-        }
+        inner.store.save_soon();
         if let Err(e) = self.publish(&inner.config, &inner.store) {
             tracing::error!(error = %e, "table not rebuilt after adopting cluster state");
         }
@@ -541,9 +548,7 @@ impl Controller {
         for entry in edits {
             inner.store.state.record(entry);
         }
-        if let Err(e) = inner.store.save() {
-            tracing::error!(error = %e, "route state not saved");
-        }
+        inner.store.save_soon();
         inner.config = config;
         inner.owners = owners;
         inner.discovery = discovery;
@@ -647,6 +652,7 @@ impl Controller {
                 .record(AuditEntry::applied("timer", &route, "step", from, to, reason));
         }
         if changed {
+            // Saved before it serves: a step or an abort must survive a SIGKILL right after.
             if let Err(e) = inner.store.save() {
                 tracing::error!(error = %e, "route state not saved after a timed step or abort");
             }
@@ -938,10 +944,14 @@ impl Controller {
     pub fn record(&self, entry: AuditEntry) {
         let mut inner = self.lock();
         inner.store.state.record(entry);
-        if let Err(e) = inner.store.save() {
-            tracing::error!(error = %e, "audit not saved");
-        }
+        inner.store.save_soon();
     }
+}
+
+/// Locks the controller's state; a panic while it was held leaves state that was valid
+/// before the panicking call.
+fn lock(inner: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
+    inner.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs one event through a route's state machine and applies its actions to the route.
@@ -1048,6 +1058,10 @@ mod tests {
     use super::*;
 
     fn controller() -> Controller {
+        controller_with(StateStore::open(None, false).unwrap())
+    }
+
+    fn controller_with(store: StateStore) -> Controller {
         let config = canary_config::parse(
             "listen: { http: \"127.0.0.1:0\" }\nadmin: { listen: \"127.0.0.1:0\" }\nroutes:\n  - name: web\n    hosts: [web.example]\n    stable: { endpoints: [\"127.0.0.1:1\"] }\n",
         )
@@ -1055,12 +1069,46 @@ mod tests {
         let registry = prometheus::Registry::new();
         let (c, _) = Controller::new(
             config,
-            StateStore::open(None, false).unwrap(),
+            store,
             ProxyMetrics::register(&registry).unwrap(),
             ControlMetrics::register(&registry).unwrap(),
         )
         .unwrap();
         c
+    }
+
+    /// Refused calls are audited without a write of their own on the caller's thread: the
+    /// background writer catches up, and a clean shutdown writes what it has not yet.
+    #[test]
+    fn audits_of_refused_calls_reach_the_file_in_the_background_and_at_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let c = controller_with(StateStore::open(Some(path.clone()), false).unwrap());
+        let on_disk = || crate::state::State::load(&path).unwrap().audit.len();
+        assert_eq!(on_disk(), 0);
+        for i in 0..300 {
+            c.record(AuditEntry::refused(
+                "unauthenticated",
+                None,
+                &format!("call {i}"),
+                None,
+                "401",
+            ));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while on_disk() < 300 {
+            assert!(Instant::now() < deadline, "the background writer never wrote the audit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        c.record(AuditEntry::refused(
+            "unauthenticated",
+            None,
+            "the last call",
+            None,
+            "401",
+        ));
+        c.flush_state().unwrap();
+        assert_eq!(on_disk(), 301, "the shutdown flush missed the last entry");
     }
 
     fn recompose(c: &Controller) {

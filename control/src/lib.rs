@@ -20,4 +20,5 @@ pub mod rollout;
 pub mod runtime;
 pub mod sequential;
 pub mod state;
+pub mod state_writer;
 pub mod status;

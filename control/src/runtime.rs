@@ -219,7 +219,7 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
             path,
             current: config,
             last_text: text,
-            controller,
+            controller: controller.clone(),
             tokens,
             metrics: control_metrics,
             certificates,
@@ -246,6 +246,9 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     }
     admin_stop_tx.send_replace(true);
     admin_task.await.context("admin listener task")?;
+    if let Err(e) = controller.flush_state() {
+        tracing::error!(error = %e, "route state not saved at shutdown");
+    }
     tracing::info!("stopped");
     Ok(())
 }

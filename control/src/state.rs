@@ -9,12 +9,14 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use canary_config::{Config, Weight};
 use canary_proxy::{split, LiveRoute};
 use serde::{Deserialize, Serialize};
 
 use crate::rollout::Rollout;
+use crate::state_writer::{StateFile, Unsaved};
 
 /// Format version of the state file.
 const VERSION: u32 = 1;
@@ -294,7 +296,10 @@ pub fn now_rfc3339() -> String {
 pub struct StateStore {
     /// Current state.
     pub state: State,
-    path: Option<PathBuf>,
+    /// The number of changes made so far (each [`StateStore::save`] or
+    /// [`StateStore::save_soon`] is one); the file knows which it holds.
+    changes: u64,
+    file: Option<Arc<StateFile>>,
 }
 
 impl StateStore {
@@ -310,14 +315,50 @@ impl StateStore {
             },
             None => State::default(),
         };
-        Ok(Self { state, path })
+        Ok(Self {
+            state,
+            changes: 0,
+            file: path.map(StateFile::new),
+        })
     }
 
-    /// Writes the state (no-op in memory).
-    pub fn save(&self) -> Result<(), StateError> {
-        match &self.path {
-            Some(path) => self.state.save(path),
+    /// Writes the state now (no-op in memory): for changes that answer only once saved.
+    pub fn save(&mut self) -> Result<(), StateError> {
+        self.changes += 1;
+        match &self.file {
+            Some(file) => file.write(self.changes, &self.state),
             None => Ok(()),
+        }
+    }
+
+    /// Has the state written soon by the store's background writer
+    /// ([`crate::state_writer::spawn`]), without waiting for the disk.
+    pub fn save_soon(&mut self) {
+        self.changes += 1;
+        if let Some(file) = &self.file {
+            file.mark_dirty();
+        }
+    }
+
+    /// The file, for its background writer (`None` in memory).
+    pub fn file(&self) -> Option<Arc<StateFile>> {
+        self.file.clone()
+    }
+
+    /// The state to write, when the file does not hold the newest change yet.
+    pub fn unsaved(&self) -> Option<Unsaved> {
+        let file = self.file.as_ref()?;
+        (!file.holds(self.changes)).then(|| Unsaved {
+            change: self.changes,
+            state: self.state.clone(),
+        })
+    }
+
+    /// Writes what [`StateStore::save_soon`] left for the background writer, now (at shutdown).
+    pub fn flush(&self) -> Result<(), StateError> {
+        match (&self.file, self.unsaved()) {
+            (Some(file), Some(u)) => file.write(u.change, &u.state),
+            _ => Ok(()),
         }
     }
 }
