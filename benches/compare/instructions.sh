@@ -9,6 +9,7 @@
 #
 # PATH is the request target (e.g. /a/./b to measure the normaliser's slow path). Prints one line:
 # `instructions/request N (N1 -> I1, N2 -> I2)`. Needs valgrind, nginx, h2load.
+# KEEP=FILE keeps the N2 run's callgrind output there (for callgrind_annotate).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 BIN=${1:-$HERE/../../target/release/canaryd}
@@ -57,4 +58,5 @@ count() {
 }
 I1=$(count "$N1")
 I2=$(count "$N2")
+if [ -n "${KEEP:-}" ]; then cp "$DIR/callgrind.$N2" "$KEEP"; fi
 echo "instructions/request $(( (I2 - I1) / (N2 - N1) )) ($N1 -> $I1, $N2 -> $I2)"
