@@ -2,18 +2,14 @@
 //! lost watch or a 410 Gone) replaces the set at once, never piece by piece, and a broken
 //! watch keeps the last known set while kube-runtime backs off and re-lists.
 //!
-//! The set is a persistent map, so publishing it after an event shares it with the last one
-//! (O(log n) per event) instead of copying every object: with 5,000 EndpointSlices a copy
-//! per event was the watch's main cost.
-//!
 //! Each watch is a `list` and a `watch` call on its resource ([`super::api_calls`]).
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
-use imbl::OrdMap;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Resource, ResourceExt};
@@ -24,7 +20,7 @@ use tokio::sync::{watch, Notify};
 #[derive(Debug)]
 pub struct Snapshot<K> {
     /// The objects.
-    pub objects: OrdMap<(String, String), K>,
+    pub objects: BTreeMap<(String, String), K>,
     /// The first complete list has arrived.
     pub synced: bool,
     /// Since when the watch has been failing (`None`: healthy).
@@ -33,10 +29,10 @@ pub struct Snapshot<K> {
     pub last_error: Option<String>,
 }
 
-impl<K: Clone> Default for Snapshot<K> {
+impl<K> Default for Snapshot<K> {
     fn default() -> Self {
         Self {
-            objects: OrdMap::new(),
+            objects: BTreeMap::new(),
             synced: false,
             failing_since: None,
             last_error: None,
@@ -93,9 +89,9 @@ async fn run<K, T: Clone>(
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
-    let mut objects: OrdMap<(String, String), T> = OrdMap::new();
+    let mut objects: BTreeMap<(String, String), T> = BTreeMap::new();
     // Objects of a (re-)list in progress: published all at once on InitDone.
-    let mut listing: Option<OrdMap<(String, String), T>> = None;
+    let mut listing: Option<BTreeMap<(String, String), T>> = None;
     let mut synced = false;
     let mut failing_since: Option<Instant> = None;
     let mut last_error: Option<String> = None;
@@ -103,11 +99,11 @@ async fn run<K, T: Clone>(
     while let Some(item) = stream.next().await {
         let publish = match item {
             Ok(Event::Init) => {
-                listing = Some(OrdMap::new());
+                listing = Some(BTreeMap::new());
                 false
             }
             Ok(Event::InitApply(o)) => {
-                listing.get_or_insert_with(OrdMap::new).insert(key(&o), keep(o));
+                listing.get_or_insert_with(BTreeMap::new).insert(key(&o), keep(o));
                 false
             }
             Ok(Event::InitDone) => {
