@@ -15,7 +15,7 @@ use canary_proxy::{split, ProxyMetrics, RoutingTable, TableHandle, Variant};
 
 use crate::analysis::{self, PromReading, Verdict};
 use crate::metrics::ControlMetrics;
-use crate::rollout::{Action, Event, Phase, RolloutError};
+use crate::rollout::{Event, Phase, RolloutError};
 use crate::sequential;
 use crate::state::{describe, now_ms, now_rfc3339, AuditEntry, RouteState, StateError, StateStore};
 use crate::status::{AnalysisStatus, RouteStatus, VariantStatus, WindowFigures};
@@ -353,7 +353,7 @@ impl Controller {
         let from = describe(state);
         let action = command.name();
         let event = command.into_event(plan.steps, plan.interval);
-        apply_event(state, event, reason.clone())?;
+        state.apply(event, reason.clone(), now_ms())?;
         let to = describe(state);
         let entry = AuditEntry::applied(actor, route, action, from, to, reason);
         inner.store.state.record(entry);
@@ -472,7 +472,7 @@ impl Controller {
             Change::SpecWeight(w) => {
                 state.apply_config_weight(*w, "weight edited in the CanaryRoute spec");
             }
-            Change::Event(e) => apply_event(&mut state, e.clone(), intent.reason.clone())?,
+            Change::Event(e) => state.apply(e.clone(), intent.reason.clone(), now_ms())?,
         }
         Ok(state)
     }
@@ -625,7 +625,7 @@ impl Controller {
                 Some(Owner::CanaryRoute { .. }) => {
                     let mut probe = state.clone();
                     if leader
-                        && apply_event(&mut probe, Event::Tick { analysis_ok }, None).is_ok()
+                        && probe.apply(Event::Tick { analysis_ok }, None, now_ms()).is_ok()
                         && probe.revision != state.revision
                     {
                         intents.push(Intent {
@@ -639,7 +639,7 @@ impl Controller {
                 }
             }
             let (from, revision) = (describe(state), state.revision);
-            if apply_event(state, Event::Tick { analysis_ok }, None).is_ok() && state.revision != revision {
+            if state.apply(Event::Tick { analysis_ok }, None, now_ms()).is_ok() && state.revision != revision {
                 stepped.push((name.clone(), from, describe(state)));
             }
         }
@@ -769,7 +769,7 @@ impl Controller {
         let from = describe(state);
         let weight_before = state.weight().percent();
         let reason = format!("analysis: {why}");
-        if apply_event(state, Event::Abort, Some(reason.clone())).is_err() {
+        if state.apply(Event::Abort, Some(reason.clone()), now_ms()).is_err() {
             return;
         }
         let to = describe(state);
@@ -952,26 +952,6 @@ impl Controller {
 /// before the panicking call.
 fn lock(inner: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
     inner.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Runs one event through a route's state machine and applies its actions to the route.
-fn apply_event(state: &mut RouteState, event: Event, reason: Option<String>) -> Result<(), RolloutError> {
-    let before = state.rollout.clone();
-    let actions = state.rollout.apply(event, now_ms())?;
-    let mut changed = state.rollout != before;
-    for action in actions {
-        match action {
-            Action::SetWeight(w) => {
-                changed |= w != state.weight();
-                state.set_weight(w);
-            }
-        }
-    }
-    if changed || reason.is_some() {
-        state.revision += 1;
-        state.last_reason = reason.or(state.last_reason.take());
-    }
-    Ok(())
 }
 
 /// A route's figures over the window, for the status.

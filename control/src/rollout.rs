@@ -1,7 +1,8 @@
 //! The rollout state machine of one route: pure, no I/O. See `LIFECYCLE.md` beside this file.
 //!
 //! `apply(event, now)` either refuses the event (naming the current phase) or changes the
-//! rollout and returns what the driver must do: set a weight, start a new salt generation.
+//! rollout and returns what the driver must do: set a weight (a weight rising from 0 starts a
+//! new salt generation, which the route's state decides, not the rollout).
 
 use std::time::Duration;
 
@@ -65,8 +66,8 @@ pub enum Event {
     Abort,
     /// A manual weight; a progressing rollout pauses so its timer cannot override it.
     SetWeight(Weight),
-    /// The driver's clock (milliseconds since the Unix epoch); `analysis_ok` is false while
-    /// the canary's analysis has not passed over the whole interval.
+    /// A tick of the driver's clock (the time is `apply`'s `now_ms`); `analysis_ok` is false
+    /// while the canary's analysis has not passed over the whole interval.
     Tick { analysis_ok: bool },
 }
 
@@ -229,11 +230,6 @@ impl Rollout {
             self.step = None;
         }
         vec![Action::SetWeight(weight)]
-    }
-
-    /// The weight of the current step, if a rollout is at one.
-    pub fn step_weight(&self) -> Option<Weight> {
-        self.step.map(|i| Weight::from_ppm(self.steps_ppm[i]))
     }
 }
 

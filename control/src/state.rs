@@ -15,7 +15,7 @@ use canary_config::{Config, Weight};
 use canary_proxy::{split, LiveRoute};
 use serde::{Deserialize, Serialize};
 
-use crate::rollout::Rollout;
+use crate::rollout::{Action, Event, Rollout, RolloutError};
 use crate::state_writer::{StateFile, Unsaved};
 
 /// Format version of the state file.
@@ -70,12 +70,31 @@ impl RouteState {
             return false;
         }
         self.config_weight_ppm = weight.ppm();
-        // Same rules as a manual weight: a progressing rollout pauses.
-        let _ = self.rollout.apply(crate::rollout::Event::SetWeight(weight), now_ms());
-        self.set_weight(weight);
-        self.revision += 1;
-        self.last_reason = Some(why.into());
+        // Same path as a manual weight (a progressing rollout pauses); no phase refuses it.
+        self.apply(Event::SetWeight(weight), Some(why.into()), now_ms())
+            .expect("every phase accepts a weight");
         true
+    }
+
+    /// Runs `event` through the rollout at `now_ms` and serves the weight it sets; the
+    /// revision moves when anything changed or a reason is given. On refusal nothing changes.
+    pub fn apply(&mut self, event: Event, reason: Option<String>, now_ms: u64) -> Result<(), RolloutError> {
+        let before = self.rollout.clone();
+        let actions = self.rollout.apply(event, now_ms)?;
+        let mut changed = self.rollout != before;
+        for action in actions {
+            match action {
+                Action::SetWeight(w) => {
+                    changed |= w != self.weight();
+                    self.set_weight(w);
+                }
+            }
+        }
+        if changed || reason.is_some() {
+            self.revision += 1;
+            self.last_reason = reason.or(self.last_reason.take());
+        }
+        Ok(())
     }
 
     /// The weight served.
@@ -372,6 +391,40 @@ mod tests {
             "routes:\n  - name: app\n    stable: {{ endpoints: [\"127.0.0.1:1\"] }}\n    weight: {weight}\n"
         ))
         .unwrap()
+    }
+
+    /// A weight edited in a file or a spec and a manual weight take one path: the same
+    /// phase change, weight, generation, revision and reason.
+    #[test]
+    fn an_edited_weight_and_a_manual_weight_change_the_state_alike() {
+        let mut edited = RouteState::new(Weight::from_ppm(0));
+        let mut manual = edited.clone();
+        let base = edited.revision;
+        edited
+            .rollout
+            .apply(
+                Event::Start {
+                    steps: vec![Weight::from_ppm(100_000)],
+                    interval: None,
+                },
+                1,
+            )
+            .ok();
+        manual.rollout = edited.rollout.clone();
+        assert!(edited.apply_config_weight(Weight::from_ppm(250_000), "edited"));
+        manual
+            .apply(Event::SetWeight(Weight::from_ppm(250_000)), Some("edited".into()), 2)
+            .unwrap();
+        manual.config_weight_ppm = edited.config_weight_ppm;
+        manual.rollout.step_started_ms = edited.rollout.step_started_ms;
+        assert_eq!(edited, manual);
+        assert_eq!((edited.revision, edited.generation), (base + 1, 1));
+        assert_eq!(edited.rollout.phase, crate::rollout::Phase::Paused);
+        assert!(
+            !edited.apply_config_weight(Weight::from_ppm(250_000), "again"),
+            "unchanged is no edit"
+        );
+        assert_eq!(edited.revision, base + 1);
     }
 
     #[test]

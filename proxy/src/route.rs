@@ -52,16 +52,6 @@ impl Route {
         &self.name
     }
 
-    /// Canary share in parts per million.
-    pub fn weight_ppm(&self) -> u32 {
-        self.weight_ppm
-    }
-
-    /// Number of endpoints configured for a variant.
-    pub fn endpoint_count(&self, variant: Variant) -> usize {
-        self.variants[variant as usize].len()
-    }
-
     pub(crate) fn endpoints(&self, variant: Variant) -> &EndpointSet {
         &self.variants[variant as usize]
     }
@@ -94,11 +84,6 @@ impl Route {
         if let Some(r) = &self.running {
             r[variant as usize].record(status.as_u16(), latency);
         }
-    }
-
-    /// The sticky salt of the current rollout.
-    pub fn salt(&self) -> u64 {
-        self.salt
     }
 
     /// The variant this request is decided to, before endpoint availability.
