@@ -15,7 +15,7 @@ use canary_tests::api_tap::ApiTap;
 use canary_tests::cluster::{spread, wait_ready};
 use canary_tests::objects::{canary_route, namespace};
 use canary_tests::testbed::{self, apply_all, eventually, Testbed};
-use canary_tests::{admin_call, Backend, Canaryd, Client};
+use canary_tests::{admin_call, Backend, BackendHandle, Canaryd, Client};
 use http::Method;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -43,10 +43,36 @@ async fn bed_with(objects: &[Value]) -> (Testbed, kube::Client) {
     (bed, admin)
 }
 
+/// deploy/rbac.yaml's text.
+fn rbac() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac.yaml")).unwrap()
+}
+
 /// A canaryd replica with `config` as deploy/rbac.yaml's ServiceAccount.
 async fn replica(bed: &Testbed, admin: &kube::Client, config: &str) -> (Canaryd, tempfile::TempDir) {
-    let rbac = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac.yaml")).unwrap();
-    bed.canaryd_as_service_account(admin, &rbac, config).await
+    bed.canaryd_as_service_account(admin, &rbac(), config).await
+}
+
+/// Two backends and a bed with the CanaryRoute `prod/web` over them (weight 0, a timed plan).
+async fn web_bed() -> (BackendHandle, BackendHandle, Testbed, kube::Client) {
+    let stable = Backend::new("stable").start().await;
+    let canary = Backend::new("canary").start().await;
+    let (bed, admin) = bed_with(&[canary_route(
+        "prod",
+        "web",
+        canary_route_spec(&stable.endpoint(), &canary.endpoint()),
+    )])
+    .await;
+    (stable, canary, bed, admin)
+}
+
+/// `canaryctl weight web 30 --reason "pipeline step"` against the replica with admin `admin`.
+fn pipeline_weight_30(admin: std::net::SocketAddr) -> std::process::Output {
+    std::process::Command::new(canary_tests::canaryd::canaryctl())
+        .args(["weight", "web", "30", "--reason", "pipeline step"])
+        .env("CANARYD_URL", format!("http://{admin}"))
+        .output()
+        .unwrap()
 }
 
 fn replica_config() -> String {
@@ -94,14 +120,7 @@ async fn replicas_share_weights_refuse_stale_writes_and_hand_over_the_lease() {
     if !testbed::in_pod_network("replicas_share_weights_refuse_stale_writes_and_hand_over_the_lease") {
         return;
     }
-    let stable = Backend::new("stable").start().await;
-    let canary = Backend::new("canary").start().await;
-    let (bed, admin) = bed_with(&[canary_route(
-        "prod",
-        "web",
-        canary_route_spec(&stable.endpoint(), &canary.endpoint()),
-    )])
-    .await;
+    let (stable, canary, bed, admin) = web_bed().await;
     let (a, _a_dir) = replica(&bed, &admin, &replica_config()).await;
     let (b, _b_dir) = replica(&bed, &admin, &replica_config()).await;
     wait_ready(&a).await;
@@ -143,11 +162,7 @@ async fn replicas_share_weights_refuse_stale_writes_and_hand_over_the_lease() {
     assert_eq!(status, 404);
 
     // A pipeline's `canaryctl weight` on replica A is served by replica B within a second.
-    let out = std::process::Command::new(canary_tests::canaryd::canaryctl())
-        .args(["weight", "web", "30", "--reason", "pipeline step"])
-        .env("CANARYD_URL", format!("http://{}", a.admin))
-        .output()
-        .unwrap();
+    let out = pipeline_weight_30(a.admin);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let started = Instant::now();
     while route_status(&b, "web").await["weight"] != json!(30.0) {
@@ -462,18 +477,10 @@ async fn a_rival_status_write_between_read_and_write_is_retried_on_fresh_state()
     if !testbed::in_pod_network("a_rival_status_write_between_read_and_write_is_retried_on_fresh_state") {
         return;
     }
-    let stable = Backend::new("stable").start().await;
-    let canary = Backend::new("canary").start().await;
-    let (bed, admin) = bed_with(&[canary_route(
-        "prod",
-        "web",
-        canary_route_spec(&stable.endpoint(), &canary.endpoint()),
-    )])
-    .await;
+    let (_stable, _canary, bed, admin) = web_bed().await;
     let tap = ApiTap::start(&bed.info.server, bed.info.ca_file.parent().unwrap()).await;
-    let rbac = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac.yaml")).unwrap();
     let (proxy, _dir) = bed
-        .canaryd_as_service_account_via(&admin, &rbac, &replica_config(), &tap.url())
+        .canaryd_as_service_account_via(&admin, &rbac(), &replica_config(), &tap.url())
         .await;
     wait_ready(&proxy).await;
     assert!(
@@ -508,11 +515,7 @@ async fn a_rival_status_write_between_read_and_write_is_retried_on_fresh_state()
         }),
     );
     let from = tap.requests().len();
-    let out = std::process::Command::new(canary_tests::canaryd::canaryctl())
-        .args(["weight", "web", "30", "--reason", "pipeline step"])
-        .env("CANARYD_URL", format!("http://{}", proxy.admin))
-        .output()
-        .unwrap();
+    let out = pipeline_weight_30(proxy.admin);
     assert!(
         out.status.success(),
         "canaryctl weight failed despite the retries: {}\n{}",
