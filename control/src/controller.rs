@@ -161,6 +161,10 @@ pub enum Change {
 
 struct Inner {
     config: Config,
+    /// Route name → index in `config.routes`; set with the config by [`Inner::set_config`].
+    route_index: HashMap<String, usize>,
+    /// Indexes of the routes with an analysis, so per-tick loops skip the others.
+    analysed: Vec<usize>,
     store: StateStore,
     /// Routes whose state is not this process's own; absent means [`Owner::Local`].
     owners: HashMap<String, Owner>,
@@ -174,6 +178,51 @@ struct Inner {
     discovery: HashMap<(String, Variant), crate::status::DiscoveryStatus>,
     /// The analysis's memory per route (not persisted: a restart judges afresh).
     judged: HashMap<String, Judged>,
+    /// The gauge values last set per route, so a tick sets only what changed.
+    published: HashMap<String, Gauges>,
+}
+
+/// One route's gauge values as last published.
+#[derive(Debug, Clone, PartialEq)]
+struct Gauges {
+    weight_ppm: u32,
+    phase: Phase,
+    /// (healthy, total) per variant, when the route is in the table.
+    endpoints: [Option<(usize, usize)>; 2],
+}
+
+impl Inner {
+    /// Replaces the config and its name index together.
+    fn set_config(&mut self, config: Config) {
+        self.route_index = route_index(&config);
+        self.analysed = analysed(&config);
+        self.config = config;
+    }
+
+    /// The routes with an analysis.
+    fn analysed_routes(&self) -> impl Iterator<Item = &canary_config::Route> {
+        self.analysed.iter().map(|&i| &self.config.routes[i])
+    }
+
+    /// The configured route called `name`, without a scan (loops over all routes use this).
+    fn route(&self, name: &str) -> Option<&canary_config::Route> {
+        self.route_index.get(name).map(|&i| &self.config.routes[i])
+    }
+}
+
+fn route_index(config: &Config) -> HashMap<String, usize> {
+    config
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.name.clone(), i))
+        .collect()
+}
+
+fn analysed(config: &Config) -> Vec<usize> {
+    (0..config.routes.len())
+        .filter(|&i| config.routes[i].rollout.analysis.is_some())
+        .collect()
 }
 
 /// What the analysis remembers of a route between ticks.
@@ -223,9 +272,12 @@ impl Controller {
         let file = store.file();
         let controller = Self {
             inner: Arc::new(Mutex::new(Inner {
+                route_index: route_index(&config),
+                analysed: analysed(&config),
                 config,
                 store,
                 judged: HashMap::new(),
+                published: HashMap::new(),
                 owners: HashMap::new(),
                 intents: Vec::new(),
                 spec_writes: HashSet::new(),
@@ -246,7 +298,7 @@ impl Controller {
             })
             .context("starting the state file writer")?;
         }
-        controller.publish_gauges(&controller.lock());
+        controller.publish_gauges(&mut controller.lock());
         Ok((controller, table))
     }
 
@@ -276,7 +328,7 @@ impl Controller {
             inner.store.state.record(entry);
         }
         inner.store.save_soon();
-        inner.config = config;
+        inner.set_config(config);
         Ok(())
     }
 
@@ -325,13 +377,7 @@ impl Controller {
                 })
             }
         }
-        let Some(plan) = inner
-            .config
-            .routes
-            .iter()
-            .find(|r| r.name == route)
-            .map(|r| r.rollout.clone())
-        else {
+        let Some(plan) = inner.route(route).map(|r| r.rollout.clone()) else {
             return Err(CommandError::UnknownRoute(route.into()));
         };
         let before = inner.store.state.clone();
@@ -364,7 +410,9 @@ impl Controller {
         if let Err(e) = self.publish(&inner.config, &inner.store) {
             tracing::error!(error = %e, "table not rebuilt after a command");
         }
-        Ok(self.status_locked(inner, route).expect("route exists"))
+        Ok(self
+            .status_locked(inner, &self.table.load(), route)
+            .expect("route exists"))
     }
 
     /// Runs a command on a route for `actor`: routes kept in CanaryRoute status are changed
@@ -431,10 +479,7 @@ impl Controller {
     fn event_for(&self, route: &str, command: Command) -> Result<Event, CommandError> {
         let inner = self.lock();
         let plan = inner
-            .config
-            .routes
-            .iter()
-            .find(|r| r.name == route)
+            .route(route)
             .map(|r| r.rollout.clone())
             .ok_or_else(|| CommandError::UnknownRoute(route.into()))?;
         Ok(command.into_event(plan.steps, plan.interval))
@@ -451,10 +496,7 @@ impl Controller {
     ) -> Result<RouteState, CommandError> {
         let spec_weight = self
             .lock()
-            .config
-            .routes
-            .iter()
-            .find(|r| r.name == route)
+            .route(route)
             .map(|r| r.weight)
             .ok_or_else(|| CommandError::UnknownRoute(route.into()))?;
         let mut state = base.unwrap_or_else(|| RouteState::new(spec_weight));
@@ -492,7 +534,7 @@ impl Controller {
         if let Err(e) = self.publish(&inner.config, &inner.store) {
             tracing::error!(error = %e, "table not rebuilt after adopting cluster state");
         }
-        self.publish_gauges(&inner);
+        self.publish_gauges(&mut inner);
     }
 
     /// Applies routes from every source (config file, CanaryRoutes, Ingresses, discovery):
@@ -549,14 +591,14 @@ impl Controller {
             inner.store.state.record(entry);
         }
         inner.store.save_soon();
-        inner.config = config;
+        inner.set_config(config);
         inner.owners = owners;
         inner.discovery = discovery;
         if !intents.is_empty() {
             inner.intents.extend(intents);
             self.intents_ready.notify_one();
         }
-        self.publish_gauges(&inner);
+        self.publish_gauges(&mut inner);
         Ok(())
     }
 
@@ -600,16 +642,19 @@ impl Controller {
             store,
             judged,
             config,
+            route_index,
             owners,
             intents,
             ..
         } = &mut *inner;
         for (name, state) in store.state.routes.iter_mut() {
-            let analysis_ok = match config
-                .routes
-                .iter()
-                .find(|r| &r.name == name)
-                .and_then(|r| r.rollout.analysis.as_ref())
+            // A tick moves only progressing rollouts (rollout.rs); the rest cost nothing per tick.
+            if state.rollout.phase != Phase::Progressing {
+                continue;
+            }
+            let analysis_ok = match route_index
+                .get(name)
+                .and_then(|&i| config.routes[i].rollout.analysis.as_ref())
             {
                 None => true,
                 // Passing since (about) the start of the step: over the whole interval.
@@ -663,7 +708,7 @@ impl Controller {
         if !inner.intents.is_empty() {
             self.intents_ready.notify_one();
         }
-        self.publish_gauges(&inner);
+        self.publish_gauges(&mut inner);
     }
 
     /// Judges each route; returns the routes to abort now.
@@ -677,7 +722,8 @@ impl Controller {
         let second = window::now_second();
         let readings = self.prometheus.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut aborts = Vec::new();
-        for route in &inner.config.routes {
+        for &i in &inner.analysed {
+            let route = &inner.config.routes[i];
             let Some(a) = &route.rollout.analysis else { continue };
             let Some(state) = inner.store.state.routes.get(&route.name) else {
                 continue;
@@ -817,9 +863,7 @@ impl Controller {
     pub fn prometheus_checks(&self) -> Vec<(String, PrometheusCheck)> {
         let inner = self.lock();
         inner
-            .config
-            .routes
-            .iter()
+            .analysed_routes()
             .filter_map(|r| Some((r.name.clone(), r.rollout.analysis.as_ref()?.prometheus.clone()?)))
             .collect()
     }
@@ -841,53 +885,101 @@ impl Controller {
             .map(|(at, _)| *at)
     }
 
-    fn publish_gauges(&self, inner: &Inner) {
-        let table = self.table.load_full();
-        for route in &inner.config.routes {
-            if let Some(state) = inner.store.state.routes.get(&route.name) {
+    /// Sets the gauges of the routes whose values changed since last time. A route gets
+    /// series once it is in use (it has served a request, has a canary, an analysis, a weight
+    /// or a rollout), so thousands of idle routes cost no series and no work per tick.
+    fn publish_gauges(&self, inner: &mut Inner) {
+        let table = self.table.load();
+        let Inner {
+            config,
+            store,
+            published,
+            route_index,
+            ..
+        } = inner;
+        let mut in_use_count = 0;
+        for route in &config.routes {
+            let Some(state) = store.state.routes.get(&route.name) else {
+                continue;
+            };
+            // Cheapest tests first: most routes of a large config are idle.
+            let has_canary = route.rollout.analysis.is_some()
+                || !route.canary.endpoints.is_empty()
+                || route.canary.kubernetes.is_some()
+                || state.weight_ppm > 0
+                || state.rollout.phase != Phase::Idle;
+            let served = table.route(&route.name);
+            let in_use = has_canary || served.is_some_and(|r| r.has_served());
+            if !in_use {
+                if published.remove(&route.name).is_some() {
+                    self.control_metrics.forget_route(&route.name);
+                }
+                continue;
+            }
+            in_use_count += 1;
+            let now = Gauges {
+                weight_ppm: state.weight_ppm,
+                phase: state.rollout.phase,
+                endpoints: Variant::ALL.map(|v| served.map(|r| r.healthy_endpoints(v))),
+            };
+            let last = published.get(&route.name);
+            if last.map(|g| (g.weight_ppm, g.phase)) != Some((now.weight_ppm, now.phase)) {
                 self.control_metrics
                     .route_state(&route.name, state.weight().percent() / 100.0, state.rollout.phase);
             }
-            if let Some(r) = table.route(&route.name) {
-                for v in Variant::ALL {
-                    let (healthy, total) = r.healthy_endpoints(v);
+            for v in Variant::ALL {
+                let counts = now.endpoints[v as usize];
+                if let Some((healthy, total)) = counts.filter(|_| last.map(|g| g.endpoints[v as usize]) != Some(counts))
+                {
                     self.control_metrics.endpoints(&route.name, v.as_str(), healthy, total);
                 }
             }
+            if last != Some(&now) {
+                published.insert(route.name.clone(), now);
+            }
+        }
+        // Routes no longer configured: their series go.
+        if published.len() > in_use_count {
+            published.retain(|name, _| {
+                let keep = route_index.contains_key(name);
+                if !keep {
+                    self.control_metrics.forget_route(name);
+                }
+                keep
+            });
         }
     }
 
     fn publish(&self, config: &Config, store: &StateStore) -> anyhow::Result<()> {
         let previous = self.table.load_full();
         let table = RoutingTable::build(config, |r| store.state.live(r), Some(&previous), &self.metrics)?;
-        for gone in previous.routes().iter().filter(|r| table.route(r.name()).is_none()) {
-            self.control_metrics.forget_route(gone.name());
-        }
         self.table.store(table);
         Ok(())
     }
 
     /// The status of one route.
     pub fn status(&self, route: &str) -> Option<RouteStatus> {
-        self.status_locked(&self.lock(), route)
+        self.status_locked(&self.lock(), &self.table.load(), route)
     }
 
     /// The status of every route, in config order.
     pub fn statuses(&self) -> Vec<RouteStatus> {
         let inner = self.lock();
+        let table = self.table.load();
         inner
             .config
             .routes
             .iter()
-            .filter_map(|r| self.status_locked(&inner, &r.name))
+            .filter_map(|r| self.status_locked(&inner, &table, &r.name))
             .collect()
     }
 
-    fn status_locked(&self, inner: &Inner, route: &str) -> Option<RouteStatus> {
+    fn status_locked(&self, inner: &Inner, table: &RoutingTable, route: &str) -> Option<RouteStatus> {
         let state = inner.store.state.routes.get(route)?;
-        let config = inner.config.routes.iter().find(|r| r.name == route)?;
+        let config = inner.route(route)?;
+        let served = table.route(route);
         let variant = |v: Variant, endpoints: usize| {
-            let c = self.metrics.variant_counts(route, v);
+            let c = served.map(|r| r.counts(v)).unwrap_or_default();
             VariantStatus {
                 endpoints,
                 requests: c.requests,

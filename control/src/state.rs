@@ -195,8 +195,8 @@ impl State {
     /// Returns the audit entries of what the file changed.
     pub fn reconcile(&mut self, config: &Config) -> Vec<AuditEntry> {
         self.version = VERSION;
-        self.routes
-            .retain(|name, _| config.routes.iter().any(|r| &r.name == name));
+        let configured: std::collections::HashSet<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+        self.routes.retain(|name, _| configured.contains(name.as_str()));
         let mut changes = Vec::new();
         for route in &config.routes {
             let file_weight = route.weight;
@@ -204,7 +204,8 @@ impl State {
                 None => {
                     self.routes.insert(route.name.clone(), RouteState::new(file_weight));
                 }
-                Some(s) => {
+                // Described only when edited: most routes are unchanged by a reload.
+                Some(s) if s.config_weight_ppm != file_weight.ppm() => {
                     let from = describe(s);
                     if s.apply_config_weight(file_weight, "weight edited in the config file") {
                         changes.push(AuditEntry::applied(
@@ -217,6 +218,7 @@ impl State {
                         ));
                     }
                 }
+                Some(_) => {}
             }
         }
         changes

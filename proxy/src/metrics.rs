@@ -1,7 +1,10 @@
 //! The data plane's Prometheus metrics, registered on a registry passed in.
 //!
-//! Label children are resolved once per route when a table is built, so the
-//! request path only does atomic adds.
+//! A route's label children are resolved on its first request per variant and kept
+//! across table builds, so an idle route has no series (thousands of routes make no
+//! scrape of their own) and the request path does atomic adds after one atomic load.
+
+use std::sync::{Arc, OnceLock};
 
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 
@@ -31,7 +34,9 @@ impl UpstreamErrorReason {
 
 /// The data plane's metric families.
 #[derive(Clone)]
-pub struct ProxyMetrics {
+pub struct ProxyMetrics(Arc<Families>);
+
+struct Families {
     requests: IntCounterVec,
     durations: HistogramVec,
     upstream_errors: IntCounterVec,
@@ -82,44 +87,39 @@ impl ProxyMetrics {
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(fallbacks.clone()))?;
         registry.register(Box::new(no_route.clone()))?;
-        Ok(Self {
+        Ok(Self(Arc::new(Families {
             requests,
             durations,
             upstream_errors,
             fallbacks,
             no_route,
-        })
-    }
-
-    /// Totals of one route and variant since start (control plane reads; not for the hot path).
-    pub fn variant_counts(&self, route: &str, variant: Variant) -> VariantCounts {
-        let v = variant.as_str();
-        let class = |c: &str| self.requests.with_label_values(&[route, v, c]).get();
-        VariantCounts {
-            requests: CODE_CLASSES.iter().map(|c| class(c)).sum(),
-            server_errors: class("5xx"),
-            upstream_errors: UpstreamErrorReason::ALL
-                .iter()
-                .map(|r| self.upstream_errors.with_label_values(&[route, v, r]).get())
-                .sum(),
-        }
+        })))
     }
 
     pub(crate) fn no_route(&self) {
-        self.no_route.inc();
+        self.0.no_route.inc();
     }
 
-    /// Resolves the label children of one route.
+    /// The (not yet resolved) counters of route `route`.
     pub(crate) fn for_route(&self, route: &str) -> RouteMetrics {
-        let variant = |v: Variant| VariantMetrics {
+        RouteMetrics {
+            route: route.into(),
+            families: self.clone(),
+            variants: [OnceLock::new(), OnceLock::new()],
+        }
+    }
+}
+
+impl Families {
+    /// Creates (or finds) every series of one route's variant, all at once, so that ratios
+    /// such as 5xx / all have both terms from the first request on.
+    fn variant(&self, route: &str, v: Variant) -> VariantMetrics {
+        VariantMetrics {
             responses: CODE_CLASSES.map(|c| self.requests.with_label_values(&[route, v.as_str(), c])),
             upstream_errors: UpstreamErrorReason::ALL
                 .map(|r| self.upstream_errors.with_label_values(&[route, v.as_str(), r])),
             fallbacks: self.fallbacks.with_label_values(&[route, v.as_str()]),
             duration: self.durations.with_label_values(&[route, v.as_str()]),
-        };
-        RouteMetrics {
-            variants: [variant(Variant::Stable), variant(Variant::Canary)],
         }
     }
 }
@@ -135,10 +135,20 @@ pub struct VariantCounts {
     pub upstream_errors: u64,
 }
 
-/// Pre-resolved counters of one route.
-#[derive(Debug)]
+/// The counters of one route, resolved per variant on first use.
 pub(crate) struct RouteMetrics {
-    variants: [VariantMetrics; 2],
+    route: Box<str>,
+    families: ProxyMetrics,
+    variants: [OnceLock<VariantMetrics>; 2],
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics")
+            .field("route", &self.route)
+            .field("used", &self.used())
+            .finish()
+    }
 }
 
 #[derive(Debug)]
@@ -151,23 +161,43 @@ struct VariantMetrics {
 
 impl RouteMetrics {
     #[inline]
-    pub(crate) fn response(&self, variant: Variant, status: http::StatusCode) {
-        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
-        self.variants[variant as usize].responses[class].inc();
+    fn variant(&self, v: Variant) -> &VariantMetrics {
+        self.variants[v as usize].get_or_init(|| self.families.0.variant(&self.route, v))
     }
 
+    /// Whether any request of this route was counted (its series exist).
+    pub(crate) fn used(&self) -> bool {
+        self.variants.iter().any(|v| v.get().is_some())
+    }
+
+    /// Totals of one variant since start; zero, without creating series, before its first request.
+    pub(crate) fn counts(&self, v: Variant) -> VariantCounts {
+        let Some(m) = self.variants[v as usize].get() else {
+            return VariantCounts::default();
+        };
+        VariantCounts {
+            requests: m.responses.iter().map(IntCounter::get).sum(),
+            server_errors: m.responses[4].get(),
+            upstream_errors: m.upstream_errors.iter().map(IntCounter::get).sum(),
+        }
+    }
+
+    /// Counts a response and its latency (one lookup of the variant's counters for both).
     #[inline]
-    pub(crate) fn duration(&self, variant: Variant, seconds: f64) {
-        self.variants[variant as usize].duration.observe(seconds);
+    pub(crate) fn response(&self, variant: Variant, status: http::StatusCode, seconds: f64) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        let m = self.variant(variant);
+        m.responses[class].inc();
+        m.duration.observe(seconds);
     }
 
     #[inline]
     pub(crate) fn upstream_error(&self, variant: Variant, reason: UpstreamErrorReason) {
-        self.variants[variant as usize].upstream_errors[reason as usize].inc();
+        self.variant(variant).upstream_errors[reason as usize].inc();
     }
 
     #[inline]
     pub(crate) fn fallback(&self, chosen: Variant) {
-        self.variants[chosen as usize].fallbacks.inc();
+        self.variant(chosen).fallbacks.inc();
     }
 }

@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderValue};
 use crate::affinity::{self, UserKey};
 use crate::balancer::EndpointSet;
 use crate::headers::ClientInfo;
-use crate::metrics::RouteMetrics;
+use crate::metrics::{RouteMetrics, VariantCounts};
 use crate::running::Running;
 use crate::split::{self, Variant};
 use crate::window::{self, Window};
@@ -39,7 +39,8 @@ pub struct Route {
     /// The `Strict-Transport-Security` value sent over TLS.
     pub(crate) hsts: Option<HeaderValue>,
     pub(crate) variants: [EndpointSet; 2],
-    pub(crate) metrics: RouteMetrics,
+    /// Kept from table to table (series resolve once, on a variant's first request).
+    pub(crate) metrics: Arc<RouteMetrics>,
     /// Per-variant sliding windows, when the route has an analysis.
     pub(crate) windows: Option<Arc<[Window; 2]>>,
     /// Per-variant running totals, when the route has an analysis.
@@ -66,6 +67,16 @@ impl Route {
         self.running.as_ref().map(|r| &r[variant as usize])
     }
 
+    /// Totals of one variant since start (zero before its first request).
+    pub fn counts(&self, variant: Variant) -> VariantCounts {
+        self.metrics.counts(variant)
+    }
+
+    /// Whether the route has served a request since start (its request series exist).
+    pub fn has_served(&self) -> bool {
+        self.metrics.used()
+    }
+
     /// Endpoints of a variant that are not cooling off, and all of them.
     pub fn healthy_endpoints(&self, variant: Variant) -> (usize, usize) {
         let set = self.endpoints(variant);
@@ -76,8 +87,7 @@ impl Route {
     #[inline]
     pub fn observe(&self, variant: Variant, status: http::StatusCode, upstream_error: bool, started: Instant) {
         let latency = started.elapsed();
-        self.metrics.response(variant, status);
-        self.metrics.duration(variant, latency.as_secs_f64());
+        self.metrics.response(variant, status, latency.as_secs_f64());
         if let Some(w) = &self.windows {
             w[variant as usize].record(window::second_of(started), status.as_u16(), upstream_error, latency);
         }

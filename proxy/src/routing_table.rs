@@ -122,6 +122,8 @@ pub struct RoutingTable {
     wildcard: HashMap<Box<str>, PrefixList>,
     any_host: PrefixList,
     routes: Vec<Arc<Route>>,
+    /// Route name → index in `routes` (names are unique).
+    by_name: HashMap<Box<str>, usize>,
     endpoints: HashMap<EndpointKey, Arc<Endpoint>>,
     /// HTTPS clients of the variants with `tls:`, handed on to the next table.
     tls_clients: HashMap<ClientKey, Arc<UpstreamTls>>,
@@ -192,6 +194,7 @@ impl RoutingTable {
             wildcard: HashMap::new(),
             any_host: PrefixList::default(),
             routes: Vec::with_capacity(config.routes.len()),
+            by_name: HashMap::with_capacity(config.routes.len()),
             endpoints: HashMap::new(),
             tls_clients: HashMap::new(),
             trusted_proxies: config.trusted_proxies.clone().into_boxed_slice(),
@@ -246,7 +249,9 @@ impl RoutingTable {
                         .expect("digits and ASCII make a header value")
                 }),
                 variants: [set(&r.stable, "stable")?, set(&r.canary, "canary")?],
-                metrics: metrics.for_route(&r.name),
+                metrics: previous
+                    .and_then(|p| p.route(&r.name))
+                    .map_or_else(|| Arc::new(metrics.for_route(&r.name)), |p| p.metrics.clone()),
                 windows: windows_for(r, previous),
                 running: running_for(r, previous),
             });
@@ -262,6 +267,7 @@ impl RoutingTable {
                     list.0.push(entry.clone());
                 }
             }
+            table.by_name.insert(r.name.as_str().into(), table.routes.len());
             table.routes.push(route);
         }
         table.endpoints = endpoints;
@@ -319,7 +325,7 @@ impl RoutingTable {
 
     /// The route of that name.
     pub fn route(&self, name: &str) -> Option<&Arc<Route>> {
-        self.routes.iter().find(|r| r.name() == name)
+        self.by_name.get(name).map(|&i| &self.routes[i])
     }
 
     /// Peers whose forwarding headers are believed.

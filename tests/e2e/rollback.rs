@@ -403,3 +403,87 @@ async fn prometheus_down_is_inconclusive_not_pass() {
     assert_eq!(s["analysis"]["verdict"], "inconclusive", "{s}");
     assert!(s["analysis"]["reason"].as_str().unwrap().contains("unreachable"), "{s}");
 }
+
+/// Series of route `route` in a scrape (label order is Prometheus's: alphabetical).
+fn series_of<'a>(text: &'a str, route: &str) -> Vec<&'a str> {
+    let label = format!("route=\"{route}\"");
+    text.lines()
+        .filter(|l| !l.starts_with('#') && l.contains(&label))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_routes_have_no_series_until_their_first_request() {
+    use canary_tests::testbed::eventually;
+    let (stable, canary) = (
+        Backend::new("stable").start().await,
+        Backend::new("canary").start().await,
+    );
+    let idle: String = (0..200)
+        .map(|i| {
+            format!(
+                "  - name: idle-{i}\n    hosts: [idle-{i}.example]\n    stable: {{ endpoints: [\"{}\"] }}\n",
+                stable.endpoint()
+            )
+        })
+        .collect();
+    let with_canary = format!(
+        "  - name: app\n    hosts: [app]\n    stable: {{ endpoints: [\"{}\"] }}\n    canary: {{ endpoints: [\"{}\"] }}\n    weight: 10\n",
+        stable.endpoint(),
+        canary.endpoint()
+    );
+    let proxy = Canaryd::start(&Canaryd::config(&format!("routes:\n{with_canary}{idle}")));
+    // The route with a canary shows its weight and phase from the start; the idle ones nothing.
+    let text = proxy.metrics().await;
+    assert!(
+        text.contains(r#"canaryd_canary_weight_ratio{route="app"} 0.1"#),
+        "{text}"
+    );
+    for i in [0, 7, 199] {
+        assert_eq!(series_of(&text, &format!("idle-{i}")), Vec::<&str>::new());
+    }
+    assert!(
+        series_of(&text, "app")
+            .iter()
+            .all(|l| !l.starts_with("canaryd_requests_total")),
+        "no request series before a request"
+    );
+
+    // One request: every series of the variant that served it exists (so 5xx / all has both
+    // terms from the start), the other variant's do not, and the gauges follow within a tick.
+    let reply = Client::new().get(proxy.addr, "idle-7.example", "/").await.unwrap();
+    assert_eq!(reply.status, 200);
+    let text = proxy.metrics().await;
+    let seven = series_of(&text, "idle-7");
+    for want in [
+        r#"canaryd_requests_total{code_class="2xx",route="idle-7",variant="stable"} 1"#,
+        r#"canaryd_requests_total{code_class="5xx",route="idle-7",variant="stable"} 0"#,
+        r#"canaryd_upstream_errors_total{reason="connect",route="idle-7",variant="stable"} 0"#,
+        r#"canaryd_request_duration_seconds_count{route="idle-7",variant="stable"} 1"#,
+    ] {
+        assert!(seven.contains(&want), "{want} missing from {seven:#?}");
+    }
+    assert!(seven.iter().all(|l| !l.contains(r#"variant="canary""#)), "{seven:#?}");
+    assert_eq!(series_of(&text, "idle-8"), Vec::<&str>::new());
+    let gauge = r#"canaryd_endpoints{route="idle-7",state="healthy",variant="stable"} 1"#;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            proxy.metrics().await.contains(gauge)
+        })
+        .await,
+        "{gauge} never appeared"
+    );
+    let status = admin_call(proxy.admin, "GET", "/api/v1/routes/idle-7", &[], "").await.2;
+    assert_eq!(status["stable"]["requests"], 1, "{status}");
+
+    // A route removed by a reload takes its gauges with it.
+    proxy.write_config(&Canaryd::config(&format!("routes:\n{with_canary}")));
+    proxy.signal(1);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !proxy.metrics().await.contains(gauge)
+        })
+        .await,
+        "{gauge} stayed after idle-7 was removed"
+    );
+}
