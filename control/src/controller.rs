@@ -253,7 +253,15 @@ pub struct Controller {
     /// Writes CanaryRoute status (kubernetes mode).
     cluster: std::sync::OnceLock<Arc<crate::kubernetes::status::StatusWriter>>,
     /// In kubernetes mode, new config files go to the composition of all sources.
-    file_sink: std::sync::OnceLock<tokio::sync::watch::Sender<Config>>,
+    file_sink: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<FileReload>>,
+}
+
+/// A config file for the kubernetes-mode composition, and where to say whether it serves.
+pub struct FileReload {
+    /// The file's validated config.
+    pub config: Config,
+    /// Answered once the table composed with it is published, or with why it was not.
+    pub applied: tokio::sync::oneshot::Sender<anyhow::Result<()>>,
 }
 
 impl Controller {
@@ -311,11 +319,16 @@ impl Controller {
         self.lock().store.flush()
     }
 
-    /// Applies a new config file: its routes, and weights edited in it.
-    pub fn apply_config(&self, config: Config) -> anyhow::Result<()> {
+    /// Applies a new config file: its routes, and weights edited in it. In kubernetes mode
+    /// it is composed with the cluster's routes first; Ok only once that table serves.
+    pub async fn apply_config(&self, config: Config) -> anyhow::Result<()> {
         if let Some(sink) = self.file_sink.get() {
-            sink.send_replace(config);
-            return Ok(());
+            let (applied, outcome) = tokio::sync::oneshot::channel();
+            sink.send(FileReload { config, applied })
+                .map_err(|_| anyhow::anyhow!("the cluster composition has stopped"))?;
+            return outcome
+                .await
+                .map_err(|_| anyhow::anyhow!("the cluster composition stopped before applying it"))?;
         }
         let mut inner = self.lock();
         let before = inner.store.state.clone();
@@ -452,7 +465,7 @@ impl Controller {
     }
 
     /// Sends future config files to the kubernetes-mode composition instead of applying them.
-    pub fn set_file_sink(&self, sink: tokio::sync::watch::Sender<Config>) {
+    pub fn set_file_sink(&self, sink: tokio::sync::mpsc::UnboundedSender<FileReload>) {
         let _ = self.file_sink.set(sink);
     }
 

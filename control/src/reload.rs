@@ -50,7 +50,7 @@ impl Reloader {
                 Some(()) = self.hangup.recv() => true,
                 _ = shutdown.changed() => return,
             };
-            self.check(forced);
+            self.check(forced).await;
             if let Some(c) = &mut self.certificates {
                 c.check(&self.current.tls);
             }
@@ -58,7 +58,7 @@ impl Reloader {
     }
 
     /// Re-reads the file; applies it when forced (SIGHUP) or when its text changed.
-    pub fn check(&mut self, forced: bool) {
+    pub async fn check(&mut self, forced: bool) {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) => {
@@ -74,7 +74,7 @@ impl Reloader {
         }
         self.last_text.clone_from(&text);
         match config_file::parse(&self.path, &text) {
-            Ok(config) => self.apply(config),
+            Ok(config) => self.apply(config).await,
             Err(e) => {
                 tracing::error!(path = %self.path.display(), "reload refused, the previous config keeps serving:\n{}", e.report());
                 self.metrics.reload(false);
@@ -82,7 +82,7 @@ impl Reloader {
         }
     }
 
-    fn apply(&mut self, config: Config) {
+    async fn apply(&mut self, config: Config) {
         let tokens = match &config.admin.tokens_file {
             Some(path) => match Tokens::load(path) {
                 Ok(t) => Some(t),
@@ -100,7 +100,7 @@ impl Reloader {
                 "changed in the config file; it takes effect only after a restart"
             );
         }
-        match self.controller.apply_config(config.clone()) {
+        match self.controller.apply_config(config.clone()).await {
             Ok(()) => {
                 if let Some(t) = tokens {
                     *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = t;

@@ -819,3 +819,126 @@ async fn a_stalled_api_connection_keeps_serving_and_recovers_when_reset() {
     assert_eq!(failed, 0, "requests failed while the API connection was stalled");
     assert!(sent > 100 && sent < LIMIT, "the load ran throughout ({sent})");
 }
+
+/// Serves `first`, then `second`, to the next two opens of the FIFO at `path` by process
+/// `reader` (blocking opens on a thread of its own; left blocked if a reader never comes).
+fn fifo_serving(path: &Path, reader: u32, first: String, second: &'static str) {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY-free: mkfifo(3) through the libc crate on a path of our temp dir.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        let holds_fifo = || {
+            std::fs::read_dir(format!("/proc/{reader}/fd"))
+                .map(|fds| {
+                    fds.flatten()
+                        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == path))
+                })
+                .unwrap_or(false)
+        };
+        for text in [first.as_str(), second] {
+            // The first reader must be gone before the second write, or it would read both.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while holds_fifo() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let mut w = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            std::io::Write::write_all(&mut w, text.as_bytes()).unwrap();
+        }
+    });
+}
+
+/// In kubernetes mode a reload goes through the cluster composition; it is reported as
+/// applied only once the composed table serves it. A config whose table cannot be built is
+/// refused as in standalone mode: logged as a refused reload, `canaryd_config_last_reload_success`
+/// 0, the previous routes serve on, and cluster changes keep being applied with them (not
+/// with the refused file). The failure is made deterministic with a FIFO as a route's
+/// upstream CA file: the reload's check reads a good CA, the table build then reads garbage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_mode_reload_is_reported_applied_only_when_it_serves() {
+    if !testbed::in_pod_network("a_kubernetes_mode_reload_is_reported_applied_only_when_it_serves") {
+        return;
+    }
+    let bed = Testbed::start();
+    let admin = bed.admin().await;
+    testbed::install_canary_route_crd(&admin).await;
+    let backend = canary_tests::Backend::new("file-route").start().await;
+    let route = |name: &str, tls: &str| {
+        format!(
+            "  - name: {name}\n    hosts: [{name}.example]\n    stable: {{ endpoints: [\"{}\"]{tls} }}\n",
+            backend.endpoint()
+        )
+    };
+    let config = |routes: &str| {
+        Canaryd::config(&format!(
+            "kubernetes: {{ namespace: canaryd, ingress_class: null, canary_routes: true }}\nroutes:\n{routes}"
+        ))
+    };
+    let (proxy, dir) = bed
+        .canaryd_as_service_account(&admin, &read("deploy/rbac.yaml"), &config(&route("one", "")))
+        .await;
+    wait_ready(&proxy).await;
+    let client = Client::new();
+    assert_eq!(client.get(proxy.addr, "one.example", "/").await.unwrap().status, 200);
+    const LAST: &str = "canaryd_config_last_reload_success";
+
+    let ca = dir.path().join("ca.fifo");
+    let good_ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_string()])
+        .unwrap()
+        .cert
+        .pem();
+    fifo_serving(&ca, proxy.pid(), good_ca, "not a certificate\n");
+    let bad = format!(
+        "{}{}",
+        route("one", ""),
+        route("two", &format!(", tls: {{ ca: \"{}\" }}", ca.display()))
+    );
+    proxy.write_config(&config(&bad));
+    proxy.signal(libc::SIGHUP);
+    assert!(
+        proxy.wait_log("reload refused", Duration::from_secs(10)),
+        "{}",
+        tail(&proxy.log().join("\n"))
+    );
+    assert!(!proxy.log().iter().any(|l| l.contains("config reloaded")));
+    assert_eq!(proxy.metric(LAST).await, 0.0);
+    assert_eq!(client.get(proxy.addr, "one.example", "/").await.unwrap().status, 200);
+    assert_eq!(client.get(proxy.addr, "two.example", "/").await.unwrap().status, 404);
+
+    // The cluster is still followed, composed with the file config that serves.
+    apply_all(
+        &admin,
+        &[service("canaryd", "cluster-web", json!({"app": "cluster-web"}))],
+    )
+    .await;
+    apply_all(
+        &admin,
+        &[canary_route(
+            "canaryd",
+            "from-cluster",
+            json!({
+                "hosts": ["from-cluster.example"],
+                "stable": {"kubernetes": {"service": "cluster-web", "port": "http"}}
+            }),
+        )],
+    )
+    .await;
+    assert!(
+        testbed::eventually(Duration::from_secs(10), || async {
+            canary_tests::client::admin_call(proxy.admin, "GET", "/api/v1/routes/from-cluster", &[], "")
+                .await
+                .0
+                == 200
+        })
+        .await,
+        "a CanaryRoute made after the refused reload is not served:\n{}",
+        tail(&proxy.log().join("\n"))
+    );
+
+    let good = format!("{}{}", route("one", ""), route("three", ""));
+    proxy.write_config(&config(&good));
+    proxy.signal(libc::SIGHUP);
+    assert!(proxy.wait_log("config reloaded", Duration::from_secs(10)));
+    assert_eq!(proxy.metric(LAST).await, 1.0);
+    assert_eq!(client.get(proxy.addr, "three.example", "/").await.unwrap().status, 200);
+}

@@ -87,7 +87,7 @@ pub fn start(
     let identity = identity();
     tracing::info!(identity = %identity, "kubernetes mode");
     controller.set_leader(false);
-    let (file_tx, file_rx) = tokio::sync::watch::channel(config.clone());
+    let (file_tx, file_rx) = tokio::sync::mpsc::unbounded_channel();
     controller.set_file_sink(file_tx);
     let writer = Arc::new(status::StatusWriter::new(client.clone(), identity.clone()));
     controller.set_cluster_writer(writer.clone());
@@ -102,6 +102,7 @@ pub fn start(
         tokio::spawn(sources::run(
             sources,
             controller.clone(),
+            config.clone(),
             file_rx,
             ready,
             metrics,

@@ -17,14 +17,14 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::watcher;
 use kube::{Api, Client};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use super::crd::CanaryRoute;
 use super::discovery::{Discovery, Resolved, SourceKey};
 use super::ingress::routes_from_ingresses;
 use super::watch::Watch;
 use crate::certificates::SecretCertificates;
-use crate::controller::{Controller, Owner};
+use crate::controller::{Controller, FileReload, Owner};
 use crate::metrics::ControlMetrics;
 use crate::state::RouteState;
 use crate::status::DiscoveryStatus;
@@ -359,12 +359,16 @@ impl Taken {
     }
 }
 
-/// Recomposes on every change of the file or the cluster and applies the result; `ready`
-/// turns true once every watch has listed, so no traffic is taken on a partial view.
+/// Recomposes on every change of the cluster, and on every config file reload, and applies
+/// the result; `ready` turns true once every watch has listed, so no traffic is taken on a
+/// partial view. A reload is answered with whether its table serves; a refused one leaves
+/// the last applied file config in the composition, as a refused reload does standalone.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     mut sources: ClusterSources,
     controller: Arc<Controller>,
-    mut file: watch::Receiver<Config>,
+    mut file_config: Config,
+    mut reloads: mpsc::UnboundedReceiver<FileReload>,
     ready: Arc<AtomicBool>,
     metrics: ControlMetrics,
     certificates: Option<SecretCertificates>,
@@ -374,9 +378,9 @@ pub async fn run(
     let mut reported: Vec<String> = Vec::new();
     // (label, hosts, chain) of the Secret certificates served, to republish only on change.
     let mut served: Option<Vec<(String, Vec<HostPattern>, usize)>> = None;
+    let mut reload: Option<FileReload> = None;
     loop {
-        let current = file.borrow_and_update().clone();
-        let composed = sources.compose(&current);
+        let composed = sources.compose(reload.as_ref().map_or(&file_config, |r| &r.config));
         if composed.problems != reported {
             for p in composed.problems.iter().filter(|p| !reported.contains(p)) {
                 tracing::error!(problem = %p, "cluster object refused");
@@ -409,15 +413,30 @@ pub async fn run(
             }
         }
         let synced = composed.synced;
-        if let Err(e) = controller.apply_sources(composed.config, composed.owners, composed.shared, discovery) {
-            tracing::error!(error = %e, "routes from the cluster not applied; the previous ones keep serving");
+        let applied = controller.apply_sources(composed.config, composed.owners, composed.shared, discovery);
+        match reload.take() {
+            Some(r) => {
+                if applied.is_ok() {
+                    file_config = r.config;
+                }
+                // The reloader reports the outcome (and may be gone at shutdown).
+                let _ = r.applied.send(applied);
+            }
+            None => {
+                if let Err(e) = applied {
+                    tracing::error!(error = %e, "routes from the cluster not applied; the previous ones keep serving");
+                }
+            }
         }
         if synced && !ready.swap(true, Ordering::Relaxed) {
             tracing::info!("cluster state listed; ready");
         }
         tokio::select! {
             _ = changed.notified() => {}
-            r = file.changed() => if r.is_err() { return },
+            r = reloads.recv() => match r {
+                Some(r) => reload = Some(r),
+                None => return,
+            },
             _ = stop.changed() => return,
             // Staleness is a clock: refresh its metric while a watch is failing.
             _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
