@@ -115,6 +115,7 @@ impl From<CommandError> for ApiError {
             CommandError::Persist(_) => StatusCode::INTERNAL_SERVER_ERROR,
             CommandError::NotOurs { .. } => StatusCode::CONFLICT,
             CommandError::Cluster { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            CommandError::NotServed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let field = match &e {
             CommandError::UnknownRoute(_) => Some("route"),

@@ -114,6 +114,14 @@ pub enum CommandError {
         /// Why.
         message: String,
     },
+    /// The table serving the change could not be built; nothing changed.
+    #[error("route {route}: the change cannot be served, undone: {message}")]
+    NotServed {
+        /// The route.
+        route: String,
+        /// Why.
+        message: String,
+    },
 }
 
 /// Where a route's live state is kept.
@@ -416,13 +424,22 @@ impl Controller {
         let to = describe(state);
         let entry = AuditEntry::applied(actor, route, action, from, to, reason);
         inner.store.state.record(entry);
+        // Built before it is saved, swapped in after: Ok means the data plane serves it.
+        let table = match self.build_table(&inner.config, &inner.store) {
+            Ok(t) => t,
+            Err(e) => {
+                inner.store.state = before;
+                return Err(CommandError::NotServed {
+                    route: route.into(),
+                    message: format!("{e:#}"),
+                });
+            }
+        };
         if let Err(e) = inner.store.save() {
             inner.store.state = before;
             return Err(e.into());
         }
-        if let Err(e) = self.publish(&inner.config, &inner.store) {
-            tracing::error!(error = %e, "table not rebuilt after a command");
-        }
+        self.table.store(table);
         Ok(self
             .status_locked(inner, &self.table.load(), route)
             .expect("route exists"))
@@ -964,10 +981,14 @@ impl Controller {
     }
 
     fn publish(&self, config: &Config, store: &StateStore) -> anyhow::Result<()> {
-        let previous = self.table.load_full();
-        let table = RoutingTable::build(config, |r| store.state.live(r), Some(&previous), &self.metrics)?;
-        self.table.store(table);
+        self.table.store(self.build_table(config, store)?);
         Ok(())
+    }
+
+    /// The table `config` and `store` make, reusing the serving one's endpoints and clients.
+    fn build_table(&self, config: &Config, store: &StateStore) -> anyhow::Result<RoutingTable> {
+        let previous = self.table.load_full();
+        Ok(RoutingTable::build(config, |r| store.state.live(r), Some(&previous), &self.metrics)?)
     }
 
     /// The status of one route.
