@@ -988,7 +988,12 @@ impl Controller {
     /// The table `config` and `store` make, reusing the serving one's endpoints and clients.
     fn build_table(&self, config: &Config, store: &StateStore) -> anyhow::Result<RoutingTable> {
         let previous = self.table.load_full();
-        Ok(RoutingTable::build(config, |r| store.state.live(r), Some(&previous), &self.metrics)?)
+        Ok(RoutingTable::build(
+            config,
+            |r| store.state.live(r),
+            Some(&previous),
+            &self.metrics,
+        )?)
     }
 
     /// The status of one route.
