@@ -503,6 +503,23 @@ mod tests {
     }
 
     #[test]
+    fn a_canary_a_bucket_slower_can_still_pass_a_20_percent_limit() {
+        // 42 ms against 40 ms: the canary's median one histogram bucket above stable's. With
+        // eight buckets per doubling the bounds stayed 22 % apart at any traffic (stuck
+        // inconclusive, as the e2e A/A run at sub-millisecond latency was).
+        let a = analysis("{ alpha: 0.01, max_error_rate: null, max_latency_increase: 20% }");
+        let (stable, canary) = (totals(9_000, 0, 40), totals(1_000, 0, 42));
+        assert_eq!(
+            decisions(&judge(&a, 0.01, &stable, &canary)),
+            [(Rule::LatencyIncrease, Decision::Pass)]
+        );
+        let few = judge(&a, 0.01, &totals(90, 0, 40), &totals(10, 0, 42));
+        assert_eq!(decisions(&few), [(Rule::LatencyIncrease, Decision::Inconclusive)]);
+        let k = traffic_needed(&a, 0.01, &totals(90, 0, 40), &totals(10, 0, 42));
+        assert!(k.is_some_and(|k| k > 1.0 && k < 1_000.0), "{k:?}");
+    }
+
+    #[test]
     fn the_absolute_rules_bound_the_canary_alone() {
         let a = analysis("{ alpha: 0.01, max_error_rate: 5, max_latency_p99: 500ms }");
         let fine = judge(&a, 0.01, &Totals::default(), &totals(5_000, 50, 100));
