@@ -255,7 +255,7 @@ pub struct Controller {
     /// Latest PromQL reading per route and when it was taken; written by the poller.
     prometheus: Mutex<HashMap<String, (Instant, PromReading)>>,
     /// Holds the leader Lease (always true outside kubernetes mode): may advance shared rollouts.
-    leader: std::sync::atomic::AtomicBool,
+    leader: tokio::sync::watch::Sender<bool>,
     /// Notified when intents are queued.
     intents_ready: tokio::sync::Notify,
     /// Writes CanaryRoute status (kubernetes mode).
@@ -299,7 +299,7 @@ impl Controller {
                 spec_writes: HashSet::new(),
                 discovery: HashMap::new(),
             })),
-            leader: std::sync::atomic::AtomicBool::new(true),
+            leader: tokio::sync::watch::Sender::new(true),
             intents_ready: tokio::sync::Notify::new(),
             cluster: std::sync::OnceLock::new(),
             file_sink: std::sync::OnceLock::new(),
@@ -493,12 +493,17 @@ impl Controller {
 
     /// Whether this replica may advance shared rollouts.
     pub fn is_leader(&self) -> bool {
-        self.leader.load(std::sync::atomic::Ordering::Relaxed)
+        *self.leader.borrow()
+    }
+
+    /// Changes of [`Self::is_leader`], for work only the leader does.
+    pub fn leadership(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.leader.subscribe()
     }
 
     /// Records whether this replica holds the leader Lease.
     pub fn set_leader(&self, leader: bool) {
-        let was = self.leader.swap(leader, std::sync::atomic::Ordering::Relaxed);
+        let was = self.leader.send_replace(leader);
         if was != leader {
             tracing::info!(leader, "leadership changed");
         }

@@ -365,5 +365,35 @@ async fn ingress_status_ownership_and_other_classes() {
         None,
         "canaryd wrote the status of nginx's Ingress"
     );
+
+    // MetalLB moves the address: the change reaches both Ingresses, driven by the watches
+    // canaryd already runs. No polling: one list of Ingresses (the route watch's), and the
+    // Service is watched, never fetched.
+    const MOVED_IP: &str = "192.0.2.11";
+    testbed::set_load_balancer_ip(&s.admin, "ingress", "canaryd", MOVED_IP).await;
+    let moved = Instant::now();
+    let followed = testbed::eventually(Duration::from_secs(15), || async {
+        ip_of("production").await.as_deref() == Some(MOVED_IP)
+            && ip_of("production-canary").await.as_deref() == Some(MOVED_IP)
+    })
+    .await;
+    assert!(
+        followed,
+        "the moved address was not published:\n{}",
+        proxy.log().join("\n")
+    );
+    eprintln!("moved address published after {:?}", moved.elapsed());
+    let audit = s.bed.audit(testbed::CANARYD_USER);
+    let calls = |verb: &str, resource: &str| {
+        audit
+            .iter()
+            .filter(|e| {
+                let path = e.request_uri.split('?').next().unwrap_or_default();
+                e.verb == verb && path.ends_with(resource)
+            })
+            .count()
+    };
+    assert_eq!(calls("list", "/ingresses"), 1, "Ingresses listed more than once");
+    assert_eq!(calls("get", "/services/canaryd"), 0, "the publish Service was fetched");
     s.bed.assert_canaryd_allowed_and_listed();
 }

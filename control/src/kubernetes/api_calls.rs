@@ -49,9 +49,9 @@ pub const API_CALLS: &[ApiCall] = &[
     ApiCall {
         group: "",
         resource: "services",
-        verbs: &["get", "list", "watch"],
+        verbs: &["list", "watch"],
         scope: Scope::AllNamespaces,
-        why: "discovery.rs watches a Service (by name) whose port is given by number; ingress_status.rs gets kubernetes.publish_service",
+        why: "discovery.rs watches a Service (by name) whose port is given by number; ingress_status.rs watches kubernetes.publish_service (by name)",
     },
     ApiCall {
         group: "",
@@ -65,7 +65,7 @@ pub const API_CALLS: &[ApiCall] = &[
         resource: "ingresses",
         verbs: &["list", "watch"],
         scope: Scope::AllNamespaces,
-        why: "sources.rs watches Ingresses for routes; ingress_status.rs lists them to set their address",
+        why: "sources.rs watches Ingresses for routes (ingress_status.rs reads the same watch to set their address)",
     },
     ApiCall {
         group: "networking.k8s.io",

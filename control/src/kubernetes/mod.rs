@@ -98,6 +98,18 @@ pub fn start(
         identity,
         duration: config.kubernetes.lease_duration,
     };
+    let k = &config.kubernetes;
+    let status_task = match (&k.publish_service, &k.ingress_class, sources.ingress_updates()) {
+        (Some(service), Some(class), Some(ingresses)) => Some(tokio::spawn(ingress_status::run(
+            client.clone(),
+            controller.clone(),
+            service.clone(),
+            class.clone(),
+            ingresses,
+            stop.clone(),
+        ))),
+        _ => None,
+    };
     let mut tasks = vec![
         tokio::spawn(sources::run(
             sources,
@@ -111,17 +123,7 @@ pub fn start(
         )),
         tokio::spawn(writer.run(controller.clone())),
     ];
-    let k = &config.kubernetes;
-    if let (Some(service), Some(class)) = (&k.publish_service, &k.ingress_class) {
-        tasks.push(tokio::spawn(ingress_status::run(
-            client.clone(),
-            controller.clone(),
-            service.clone(),
-            class.clone(),
-            k.watch_namespace.clone(),
-            stop.clone(),
-        )));
-    }
+    tasks.extend(status_task);
     ClusterTasks {
         tasks,
         election: tokio::spawn(election.run(client, controller, stop)),

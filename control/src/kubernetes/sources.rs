@@ -133,6 +133,11 @@ impl ClusterSources {
         }
     }
 
+    /// The Ingress sets as the watch publishes them (`None` without `ingress_class`).
+    pub fn ingress_updates(&self) -> Option<watch::Receiver<Arc<super::watch::Snapshot<Ingress>>>> {
+        self.ingresses.as_ref().map(Watch::subscribe)
+    }
+
     /// Notified whenever any watched set changes.
     pub fn changed(&self) -> Arc<Notify> {
         self.changed.clone()

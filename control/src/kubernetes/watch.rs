@@ -76,6 +76,11 @@ impl<T: Clone + Send + Sync + 'static> Watch<T> {
     pub fn snapshot(&self) -> Arc<Snapshot<T>> {
         self.rx.borrow().clone()
     }
+
+    /// Every set published from now on, for another reader of the same watch.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot<T>>> {
+        self.rx.clone()
+    }
 }
 
 async fn run<K, T: Clone>(
