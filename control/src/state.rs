@@ -42,6 +42,14 @@ pub struct RouteState {
 }
 
 impl RouteState {
+    /// What the data plane serves for route `name` in this state.
+    pub fn live(&self, name: &str) -> LiveRoute {
+        LiveRoute {
+            weight: self.weight(),
+            salt: split::salt_for(name, self.generation),
+        }
+    }
+
     /// A route first seen, serving its configured weight.
     pub fn new(weight: Weight) -> Self {
         let mut s = Self {
@@ -246,10 +254,7 @@ impl State {
     /// The live weight and salt of a route (the file's weight, generation 0, when unknown).
     pub fn live(&self, route: &canary_config::Route) -> LiveRoute {
         match self.routes.get(&route.name) {
-            Some(s) => LiveRoute {
-                weight: s.weight(),
-                salt: split::salt_for(&route.name, s.generation),
-            },
+            Some(s) => s.live(&route.name),
             None => LiveRoute::from_config(route),
         }
     }

@@ -1,6 +1,7 @@
 //! The clock: every second each analysed route is judged (a failing canary aborted, with
 //! its webhook), then timed rollouts whose interval passed with the analysis passing advance.
 
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use canary_config::{Analysis, PrometheusCheck, Weight};
@@ -11,7 +12,7 @@ use canary_proxy::{RoutingTable, Variant};
 use crate::analysis::{self, PromReading, Verdict};
 use crate::rollout::{Event, Phase};
 use crate::sequential;
-use crate::state::{describe, now_ms, now_rfc3339, AuditEntry};
+use crate::state::{describe, now_ms, now_rfc3339, AuditEntry, RouteState};
 use crate::status::AnalysisStatus;
 
 use super::route_status::figures;
@@ -29,91 +30,94 @@ pub(super) struct Judged {
     pub(super) last: Option<AnalysisStatus>,
 }
 
+/// A route state a tick changed, not yet saved or served.
+struct Pending {
+    route: String,
+    state: RouteState,
+    audit: AuditEntry,
+    /// For a CanaryRoute-owned route: the same change, for every replica.
+    intent: Option<Intent>,
+}
+
+/// What a tick does once its changes are saved and served, outside the lock.
+#[derive(Debug)]
+pub(super) enum Effect {
+    /// The analysis aborted `route`: log it and count it in `canaryd_rollbacks_total`.
+    Aborted {
+        route: String,
+        rule: analysis::Rule,
+        reason: String,
+    },
+    /// POST `body` to the route's webhook.
+    Webhook { url: String, body: serde_json::Value },
+}
+
 impl Controller {
     /// Once a second: judges every route with an analysis (aborting a failing canary),
     /// then advances timed rollouts whose interval passed with the analysis passing.
     pub fn tick(&self) {
-        let mut inner = self.lock();
-        let now = now_ms();
-        let mut changed = false;
-        let aborts = self.judge_all(&mut inner, now);
-        for (route, rule, reason, webhook, status) in aborts {
-            changed = true;
-            self.abort_by_analysis(&mut inner, &route, rule, &reason, webhook, status);
-        }
-        let mut stepped = Vec::new();
-        let leader = self.is_leader();
-        let Inner {
-            store,
-            judged,
-            config,
-            route_index,
-            owners,
-            intents,
-            ..
-        } = &mut *inner;
-        for (name, state) in store.state.routes.iter_mut() {
-            // A tick moves only progressing rollouts (rollout.rs); the rest cost nothing per tick.
-            if state.rollout.phase != Phase::Progressing {
-                continue;
-            }
-            let analysis_ok = match route_index
-                .get(name)
-                .and_then(|&i| config.routes[i].rollout.analysis.as_ref())
-            {
-                None => true,
-                // Passing since (about) the start of the step: over the whole interval.
-                Some(_) => judged
-                    .get(name)
-                    .and_then(|j| j.passing_since_ms)
-                    .is_some_and(|since| since <= state.rollout.step_started_ms + 1_500),
-            };
-            match owners.get(name) {
-                None | Some(Owner::Local) => {}
-                Some(Owner::Ingress { .. }) => continue,
-                // Shared rollouts advance by the leader only, on the cluster's state.
-                Some(Owner::CanaryRoute { .. }) => {
-                    let mut probe = state.clone();
-                    if leader
-                        && probe.apply(Event::Tick { analysis_ok }, None, now_ms()).is_ok()
-                        && probe.revision != state.revision
-                    {
-                        intents.push(Intent {
-                            route: name.clone(),
-                            change: Change::Event(Event::Tick { analysis_ok }),
-                            actor: "timer".into(),
-                            reason: Some("interval passed with the analysis passing".into()),
-                        });
-                    }
-                    continue;
+        for effect in self.tick_changes() {
+            match effect {
+                Effect::Aborted { route, rule, reason } => {
+                    tracing::warn!(route, rule = rule.as_str(), reason = %reason, "canary aborted by the analysis");
+                    self.control_metrics.rollback(&route, rule.as_str());
+                }
+                Effect::Webhook { url, body } => {
+                    tokio::spawn(crate::outbound::post_webhook(url, body));
                 }
             }
-            let (from, revision) = (describe(state), state.revision);
-            if state.apply(Event::Tick { analysis_ok }, None, now_ms()).is_ok() && state.revision != revision {
-                stepped.push((name.clone(), from, describe(state)));
+        }
+    }
+
+    /// The state half of a tick: decides, builds the table the changes make, saves them,
+    /// serves them, and returns what is left to do. A table that cannot be built changes
+    /// nothing (the next tick tries again), so nothing is reported that is not served.
+    pub(super) fn tick_changes(&self) -> Vec<Effect> {
+        let mut inner = self.lock();
+        let now = now_ms();
+        let mut pending = Vec::new();
+        let mut effects = Vec::new();
+        for (route, rule, why, webhook, status) in self.judge_all(&mut inner, now) {
+            if let Some((p, mut e)) = abort_by_analysis(&mut inner, &route, rule, &why, webhook, status, now) {
+                pending.push(p);
+                effects.append(&mut e);
             }
         }
-        for (route, from, to) in stepped {
-            changed = true;
-            let reason = Some("interval passed with the analysis passing".to_string());
-            inner
-                .store
-                .state
-                .record(AuditEntry::applied("timer", &route, "step", from, to, reason));
-        }
-        if changed {
+        let aborted: HashSet<String> = pending.iter().map(|p| p.route.clone()).collect();
+        pending.extend(timed_steps(&mut inner, &aborted, self.is_leader(), now));
+        if !pending.is_empty() {
+            let changed: HashMap<&str, &RouteState> = pending.iter().map(|p| (p.route.as_str(), &p.state)).collect();
+            let built = {
+                let store = &inner.store;
+                self.build_table_with(&inner.config, |r| match changed.get(r.name.as_str()) {
+                    Some(s) => s.live(&r.name),
+                    None => store.state.live(r),
+                })
+            };
+            let table = match built {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(error = %e, "timed step or abort not applied: its table could not be built (next tick tries again)");
+                    return Vec::new();
+                }
+            };
+            for p in pending {
+                inner.store.state.routes.insert(p.route, p.state);
+                inner.store.state.record(p.audit);
+                inner.intents.extend(p.intent);
+            }
             // Saved before it serves: a step or an abort must survive a SIGKILL right after.
+            // A failed save still serves: an abort must not wait for a disk.
             if let Err(e) = inner.store.save() {
                 tracing::error!(error = %e, "route state not saved after a timed step or abort");
             }
-            if let Err(e) = self.publish(&inner.config, &inner.store) {
-                tracing::error!(error = %e, "table not rebuilt after a timed step or abort");
-            }
+            self.table.store(table);
         }
         if !inner.intents.is_empty() {
             self.intents_ready.notify_one();
         }
         self.publish_gauges(&mut inner);
+        effects
     }
 
     /// Judges each route; returns the routes to abort now.
@@ -204,66 +208,130 @@ impl Controller {
         }
         aborts
     }
+}
 
-    fn abort_by_analysis(
-        &self,
-        inner: &mut Inner,
-        route: &str,
-        rule: analysis::Rule,
-        why: &str,
-        webhook: Option<String>,
-        status: AnalysisStatus,
-    ) {
-        let Some(state) = inner.store.state.routes.get_mut(route) else {
-            return;
+/// The timed steps due now: local routes as pending changes; CanaryRoute routes, on the
+/// leader only, as intents written to the cluster's state (every replica then adopts it).
+fn timed_steps(inner: &mut Inner, aborted: &HashSet<String>, leader: bool, now: u64) -> Vec<Pending> {
+    let Inner {
+        store,
+        judged,
+        config,
+        route_index,
+        owners,
+        intents,
+        ..
+    } = inner;
+    let mut steps = Vec::new();
+    for (name, state) in &store.state.routes {
+        // A tick moves only progressing rollouts (rollout.rs); the rest cost nothing per tick.
+        if state.rollout.phase != Phase::Progressing || aborted.contains(name) {
+            continue;
+        }
+        let analysis_ok = match route_index
+            .get(name)
+            .and_then(|&i| config.routes[i].rollout.analysis.as_ref())
+        {
+            None => true,
+            // Passing since (about) the start of the step: over the whole interval.
+            Some(_) => judged
+                .get(name)
+                .and_then(|j| j.passing_since_ms)
+                .is_some_and(|since| since <= state.rollout.step_started_ms + 1_500),
         };
-        let from = describe(state);
-        let weight_before = state.weight().percent();
-        let reason = format!("analysis: {why}");
-        if state.apply(Event::Abort, Some(reason.clone()), now_ms()).is_err() {
-            return;
+        let event = Event::Tick { analysis_ok };
+        let mut next = state.clone();
+        if next.apply(event.clone(), None, now).is_err() || next.revision == state.revision {
+            continue;
         }
-        let to = describe(state);
-        tracing::warn!(route, rule = rule.as_str(), reason = %reason, "canary aborted by the analysis");
-        // Applied here at once (the safe direction), and written for every replica.
-        if matches!(inner.owners.get(route), Some(Owner::CanaryRoute { .. })) {
-            inner.intents.push(Intent {
-                route: route.into(),
-                change: Change::Event(Event::Abort),
-                actor: "analysis".into(),
-                reason: Some(reason.clone()),
-            });
-        }
-        self.control_metrics.rollback(route, rule.as_str());
-        inner.judged.insert(
-            route.to_string(),
-            Judged {
-                last: Some(status.clone()),
-                ..Judged::default()
-            },
-        );
-        inner.store.state.record(AuditEntry::applied(
-            "analysis",
-            route,
-            "abort",
-            from,
-            to,
-            Some(reason.clone()),
-        ));
-        if let Some(url) = webhook {
-            let body = serde_json::json!({
-                "event": "canary_aborted",
-                "route": route,
-                "rule": rule.as_str(),
-                "reason": reason,
-                "weight_before": weight_before,
-                "time": now_rfc3339(),
-                "analysis": status,
-            });
-            tokio::spawn(crate::outbound::post_webhook(url, body));
+        let reason = Some("interval passed with the analysis passing".to_string());
+        match owners.get(name) {
+            None | Some(Owner::Local) => steps.push(Pending {
+                route: name.clone(),
+                audit: AuditEntry::applied("timer", name, "step", describe(state), describe(&next), reason),
+                state: next,
+                intent: None,
+            }),
+            Some(Owner::Ingress { .. }) => {}
+            // Shared rollouts advance by the leader only, on the cluster's state.
+            Some(Owner::CanaryRoute { .. }) if leader => intents.push(Intent {
+                route: name.clone(),
+                change: Change::Event(event),
+                actor: "timer".into(),
+                reason,
+            }),
+            Some(Owner::CanaryRoute { .. }) => {}
         }
     }
+    steps
+}
 
+/// The abort of a failing canary as a pending change, and what to do once it serves. The
+/// analysis's memory of the route restarts with the verdict that aborted it.
+fn abort_by_analysis(
+    inner: &mut Inner,
+    route: &str,
+    rule: analysis::Rule,
+    why: &str,
+    webhook: Option<String>,
+    status: AnalysisStatus,
+    now: u64,
+) -> Option<(Pending, Vec<Effect>)> {
+    let current = inner.store.state.routes.get(route)?;
+    let mut state = current.clone();
+    let reason = format!("analysis: {why}");
+    state.apply(Event::Abort, Some(reason.clone()), now).ok()?;
+    // Applied here at once (the safe direction), and written for every replica.
+    let intent = matches!(inner.owners.get(route), Some(Owner::CanaryRoute { .. })).then(|| Intent {
+        route: route.into(),
+        change: Change::Event(Event::Abort),
+        actor: "analysis".into(),
+        reason: Some(reason.clone()),
+    });
+    let audit = AuditEntry::applied(
+        "analysis",
+        route,
+        "abort",
+        describe(current),
+        describe(&state),
+        Some(reason.clone()),
+    );
+    let mut effects = vec![Effect::Aborted {
+        route: route.into(),
+        rule,
+        reason: reason.clone(),
+    }];
+    if let Some(url) = webhook {
+        let body = serde_json::json!({
+            "event": "canary_aborted",
+            "route": route,
+            "rule": rule.as_str(),
+            "reason": reason,
+            "weight_before": current.weight().percent(),
+            "time": now_rfc3339(),
+            "analysis": status,
+        });
+        effects.push(Effect::Webhook { url, body });
+    }
+    inner.judged.insert(
+        route.to_string(),
+        Judged {
+            last: Some(status),
+            ..Judged::default()
+        },
+    );
+    Some((
+        Pending {
+            route: route.into(),
+            state,
+            audit,
+            intent,
+        },
+        effects,
+    ))
+}
+
+impl Controller {
     /// The Prometheus checks to poll: (route, check).
     pub fn prometheus_checks(&self) -> Vec<(String, PrometheusCheck)> {
         let inner = self.lock();
@@ -338,5 +406,68 @@ fn fresh_reading(reading: Option<&(Instant, PromReading)>, check: &PrometheusChe
         Some((at, r)) if at.elapsed() <= check.interval * 3 + Duration::from_secs(2) => r.clone(),
         Some(_) => PromReading::Unavailable("no fresh reading".into()),
         None => PromReading::Unavailable("not queried yet".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use canary_proxy::ProxyMetrics;
+
+    use super::*;
+    use crate::metrics::ControlMetrics;
+    use crate::state::StateStore;
+
+    fn controller(config: &str) -> Controller {
+        let registry = prometheus::Registry::new();
+        let (c, _) = Controller::new(
+            canary_config::parse(config).unwrap(),
+            StateStore::open(None, false).unwrap(),
+            ProxyMetrics::register(&registry).unwrap(),
+            ControlMetrics::register(&registry).unwrap(),
+        )
+        .unwrap();
+        c
+    }
+
+    /// The abort is decided, served and saved inside the tick; its log, counter and webhook
+    /// are handed back to be done after, outside the lock (no runtime is needed here).
+    #[test]
+    fn an_abort_serves_first_and_leaves_its_webhook_as_an_effect() {
+        let c = controller(
+            "listen: { http: \"127.0.0.1:0\" }\nadmin: { listen: \"127.0.0.1:0\" }\nroutes:\n  - name: web\n    \
+             stable: { endpoints: [\"127.0.0.1:1\"] }\n    canary: { endpoints: [\"127.0.0.1:2\"] }\n    weight: 10\n    \
+             rollout:\n      analysis: { window: 10s, min_requests: 20, max_error_rate: 5, failures_before_abort: 1, \
+             webhook: \"http://127.0.0.1:9/hook\" }\n",
+        );
+        let served = c.table.load_full();
+        let route = served.route("web").unwrap();
+        let started = Instant::now();
+        for i in 0..100 {
+            route.observe(Variant::Stable, http::StatusCode::OK, false, started);
+            let status = if i % 2 == 0 {
+                http::StatusCode::BAD_GATEWAY
+            } else {
+                http::StatusCode::OK
+            };
+            route.observe(Variant::Canary, status, false, started);
+        }
+        let effects = c.tick_changes();
+        let status = c.status("web").unwrap();
+        assert_eq!((status.phase, status.weight), (Phase::Aborted, 0.0), "{effects:?}");
+        assert!(
+            !Arc::ptr_eq(&served, &c.table.load_full()),
+            "the abort's table was not swapped in"
+        );
+        assert!(
+            matches!(&effects[..], [Effect::Aborted { route, .. }, Effect::Webhook { url, body }]
+                if route == "web" && url == "http://127.0.0.1:9/hook" && body["event"] == "canary_aborted"
+                    && body["weight_before"] == 10.0),
+            "{effects:?}"
+        );
+        assert_eq!(c.audit(Some("web"), 1)[0].actor, "analysis");
+        // Judged again: the abort is not repeated.
+        assert!(c.tick_changes().is_empty());
     }
 }

@@ -20,7 +20,7 @@ use std::time::Instant;
 use anyhow::Context;
 
 use canary_config::Config;
-use canary_proxy::{ProxyMetrics, RoutingTable, TableHandle, Variant};
+use canary_proxy::{LiveRoute, ProxyMetrics, RoutingTable, TableHandle, Variant};
 
 use crate::analysis::PromReading;
 use crate::metrics::ControlMetrics;
@@ -232,13 +232,17 @@ impl Controller {
 
     /// The table `config` and `store` make, reusing the serving one's endpoints and clients.
     fn build_table(&self, config: &Config, store: &StateStore) -> anyhow::Result<RoutingTable> {
+        self.build_table_with(config, |r| store.state.live(r))
+    }
+
+    /// The table `config` makes with each route's weight and salt from `live`.
+    fn build_table_with(
+        &self,
+        config: &Config,
+        live: impl Fn(&canary_config::Route) -> LiveRoute,
+    ) -> anyhow::Result<RoutingTable> {
         let previous = self.table.load_full();
-        Ok(RoutingTable::build(
-            config,
-            |r| store.state.live(r),
-            Some(&previous),
-            &self.metrics,
-        )?)
+        Ok(RoutingTable::build(config, live, Some(&previous), &self.metrics)?)
     }
 
     /// Recent audit entries, newest last, optionally of one route.
