@@ -17,7 +17,7 @@ pub use model::{
     PrometheusCheck, Route, State, Timeouts, Tls, UpstreamTls,
 };
 pub use path::{EncodedSlashes, PathError, PathOptions};
-pub use weight::{Weight, WeightError};
+pub use weight::{Weight, WeightError, PPM_SCALE};
 
 /// Parses and validates a YAML config document, collecting every semantic error.
 pub fn parse(text: &str) -> Result<Config, ConfigError> {

@@ -4,12 +4,12 @@
 //! of every address it still has, so health and load survive reloads.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use http::Uri;
 
+use crate::clock::monotonic_ms;
 use crate::upstream_pool::{UpstreamConn, UpstreamPool};
 
 /// An upstream address with its load and health counters.
@@ -81,14 +81,14 @@ impl Endpoint {
     /// False while the endpoint is in its cool-off after repeated connect failures.
     pub fn is_healthy(&self) -> bool {
         let until = self.down_until_ms.load(Ordering::Relaxed);
-        until == 0 || now_ms() >= until
+        until == 0 || monotonic_ms() >= until
     }
 
     /// A connect failure; after `threshold` in a row the endpoint is skipped for `cooloff`.
     pub(crate) fn record_connect_failure(&self, threshold: u32, cooloff: Duration) {
         let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if failures >= threshold {
-            let until = now_ms() + cooloff.as_millis() as u64;
+            let until = monotonic_ms() + cooloff.as_millis() as u64;
             self.down_until_ms.store(until.max(1), Ordering::Relaxed);
             // The next probe after the cool-off gets a fresh count of one failure to trip again.
             self.consecutive_failures
@@ -129,16 +129,6 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn now_ms() -> u64 {
-    // +1 so that 0 can mean "healthy" even in the first millisecond.
-    epoch().elapsed().as_millis() as u64 + 1
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 mod affinity;
 mod balancer;
 mod body;
+mod clock;
 mod connection_budget;
 mod endpoint;
 mod error;

@@ -48,8 +48,8 @@ impl fmt::Display for Variant {
     }
 }
 
-/// Parts per million in 100 %.
-pub const PPM_SCALE: u32 = 1_000_000;
+/// Parts per million in 100 % (the config crate's, so weights and draws share one scale).
+pub use canary_config::PPM_SCALE;
 
 /// Canary when `draw < weight_ppm`, where `draw` is uniform in `0..1_000_000`.
 ///

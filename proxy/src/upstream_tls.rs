@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use canary_config::{Config, FieldError};
 use http::Uri;
@@ -28,6 +28,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::net::TcpStream;
 
+use crate::clock::monotonic_ms;
 use crate::forward;
 
 /// What a TLS client is built from: the variant's settings and the connect timeout.
@@ -330,7 +331,7 @@ impl TlsConnector {
 
     /// Logs a failed handshake: a warning at most every [`WARN_EVERY`] per setting, else debug.
     fn report(&self, error: &TlsHandshakeError) {
-        let now = now_ms();
+        let now = monotonic_ms();
         let last = self.last_warned_ms.load(Ordering::Relaxed);
         let due = last == 0 || now.saturating_sub(last) >= WARN_EVERY.as_millis() as u64;
         if due
@@ -434,15 +435,6 @@ impl hyper::rt::Write for TlsStream {
     ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
     }
-}
-
-fn epoch() -> Instant {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn now_ms() -> u64 {
-    epoch().elapsed().as_millis() as u64 + 1
 }
 
 #[cfg(test)]
