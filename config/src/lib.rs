@@ -13,8 +13,8 @@ mod weight;
 pub use error::{ConfigError, FieldError};
 pub use model::{
     Admin, Affinity, AffinityKey, Analysis, Backend, CertificateFiles, CertificateSecret, Config, Endpoint,
-    HeaderMatch, HostPattern, Hsts, KubeSource, KubeTarget, Kubernetes, Listen, Overrides, PassiveHealth, PortRef,
-    PrometheusCheck, Route, State, Timeouts, Tls, UpstreamTls,
+    HeaderMatch, HostPattern, Hsts, KubeSource, KubeTarget, Kubernetes, Limits, Listen, Overrides, PassiveHealth,
+    PortRef, PrometheusCheck, Route, State, Timeouts, Tls, UpstreamTls,
 };
 pub use path::{EncodedSlashes, PathError, PathOptions};
 pub use weight::{Weight, WeightError, PPM_SCALE};

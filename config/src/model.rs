@@ -43,8 +43,10 @@ pub struct Listen {
     pub https: Option<SocketAddr>,
 }
 
-/// Limits on what clients may send; each default has its reason in the README.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Limits on what clients may send; each default has its reason in the README. Read from
+/// the file as it is (unknown keys refused); `validate.rs` checks the ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Open connections per public listener; more are closed at once (and counted).
     pub max_connections: usize,
@@ -70,6 +72,24 @@ pub struct Limits {
     pub h2_connection_window_bytes: u32,
     /// Requests per client connection before it is closed gracefully (0: no limit).
     pub max_requests_per_connection: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_header_count: 100,
+            max_header_bytes: 32 * 1024,
+            max_request_line_bytes: 8 * 1024,
+            max_body_bytes: 0,
+            h2_max_concurrent_streams: 100,
+            h2_max_header_list_bytes: 32 * 1024,
+            h2_max_cancelled_streams: 100,
+            h2_stream_window_bytes: 64 * 1024,
+            h2_connection_window_bytes: 1024 * 1024,
+            max_requests_per_connection: 10_000,
+        }
+    }
 }
 
 /// TLS termination settings.

@@ -11,7 +11,7 @@ pub(crate) struct RawConfig {
     pub passive_health: RawPassiveHealth,
     pub state: RawState,
     pub tls: RawTls,
-    pub limits: RawLimits,
+    pub limits: crate::Limits,
     pub paths: RawPaths,
     pub trusted_proxies: Vec<String>,
     pub access_log: bool,
@@ -71,40 +71,6 @@ impl Default for RawListen {
         Self {
             http: "0.0.0.0:8080".into(),
             https: None,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct RawLimits {
-    pub max_connections: usize,
-    pub max_header_count: usize,
-    pub max_header_bytes: usize,
-    pub max_request_line_bytes: usize,
-    pub max_body_bytes: u64,
-    pub h2_max_concurrent_streams: u32,
-    pub h2_max_header_list_bytes: u32,
-    pub h2_max_cancelled_streams: u32,
-    pub h2_stream_window_bytes: u32,
-    pub h2_connection_window_bytes: u32,
-    pub max_requests_per_connection: u64,
-}
-
-impl Default for RawLimits {
-    fn default() -> Self {
-        Self {
-            max_connections: 10_000,
-            max_header_count: 100,
-            max_header_bytes: 32 * 1024,
-            max_request_line_bytes: 8 * 1024,
-            max_body_bytes: 0,
-            h2_max_concurrent_streams: 100,
-            h2_max_header_list_bytes: 32 * 1024,
-            h2_max_cancelled_streams: 100,
-            h2_stream_window_bytes: 64 * 1024,
-            h2_connection_window_bytes: 1024 * 1024,
-            max_requests_per_connection: 10_000,
         }
     }
 }

@@ -136,20 +136,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
             "a route redirects to HTTPS but there is no HTTPS listener",
         );
     }
-    let l = &raw.limits;
-    let limits = Limits {
-        max_connections: l.max_connections,
-        max_header_count: l.max_header_count,
-        max_header_bytes: l.max_header_bytes,
-        max_request_line_bytes: l.max_request_line_bytes,
-        max_body_bytes: l.max_body_bytes,
-        h2_max_concurrent_streams: l.h2_max_concurrent_streams,
-        h2_max_header_list_bytes: l.h2_max_header_list_bytes,
-        h2_max_cancelled_streams: l.h2_max_cancelled_streams,
-        h2_stream_window_bytes: l.h2_stream_window_bytes,
-        h2_connection_window_bytes: l.h2_connection_window_bytes,
-        max_requests_per_connection: l.max_requests_per_connection,
-    };
+    let limits = raw.limits;
     for (field, ok) in [
         ("max_connections", limits.max_connections >= 1),
         ("max_header_count", (1..=1000).contains(&limits.max_header_count)),

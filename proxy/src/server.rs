@@ -38,27 +38,9 @@ pub struct ServeOptions {
     pub idle_timeout: Duration,
     /// How long in-flight requests may run after the shutdown signal.
     pub drain: Duration,
-    /// Open connections allowed; more are closed at once and counted in `shed`.
-    pub max_connections: usize,
-    /// HTTP/1 request headers allowed (more: 431).
-    pub max_header_count: usize,
-    /// HTTP/1 read buffer, which bounds the request line plus headers (more: 431).
-    pub max_header_bytes: usize,
-    /// HTTP/1 request line bytes (more: 414).
-    pub max_request_line_bytes: usize,
-    /// HTTP/2 concurrent streams per connection.
-    pub h2_max_concurrent_streams: u32,
-    /// HTTP/2 header list bytes.
-    pub h2_max_header_list_bytes: u32,
-    /// Requests a client may cancel on one connection, while they outnumber its completed
-    /// ones, before the connection is sent GOAWAY and closed (0: no limit).
-    pub h2_max_cancelled_streams: u32,
-    /// HTTP/2 stream flow-control window: request body bytes a client may send ahead.
-    pub h2_stream_window_bytes: u32,
-    /// HTTP/2 connection flow-control window, shared by all its streams.
-    pub h2_connection_window_bytes: u32,
-    /// Requests per connection before it is closed gracefully (0: no limit).
-    pub max_requests_per_connection: u64,
+    /// What clients may send: connections, header and request-line sizes, HTTP/2 streams and
+    /// windows, requests per connection (`max_body_bytes` is per route, not used here).
+    pub limits: canary_config::Limits,
     /// Counts connections closed because of `max_connections`.
     pub shed: Option<prometheus::IntCounter>,
     /// Counts connections cut for spending their cancellation budget.
@@ -69,21 +51,11 @@ impl ServeOptions {
     /// The settings of a public listener from the config's `limits` and `timeouts`
     /// (no metrics attached).
     pub fn public(config: &canary_config::Config) -> Self {
-        let l = &config.limits;
         Self {
             header_read_timeout: config.timeouts.header_read,
             idle_timeout: config.timeouts.idle,
             drain: config.timeouts.drain,
-            max_connections: l.max_connections,
-            max_header_count: l.max_header_count,
-            max_header_bytes: l.max_header_bytes,
-            max_request_line_bytes: l.max_request_line_bytes,
-            h2_max_concurrent_streams: l.h2_max_concurrent_streams,
-            h2_max_header_list_bytes: l.h2_max_header_list_bytes,
-            h2_max_cancelled_streams: l.h2_max_cancelled_streams,
-            h2_stream_window_bytes: l.h2_stream_window_bytes,
-            h2_connection_window_bytes: l.h2_connection_window_bytes,
-            max_requests_per_connection: l.max_requests_per_connection,
+            limits: config.limits,
             shed: None,
             cut: None,
         }
@@ -95,16 +67,15 @@ impl ServeOptions {
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(30),
             drain,
-            max_connections: 1_024,
-            max_header_count: 100,
-            max_header_bytes: 64 * 1024,
-            max_request_line_bytes: 64 * 1024,
-            h2_max_concurrent_streams: 100,
-            h2_max_header_list_bytes: 64 * 1024,
-            h2_max_cancelled_streams: 100,
-            h2_stream_window_bytes: 1024 * 1024,
-            h2_connection_window_bytes: 1024 * 1024,
-            max_requests_per_connection: 0,
+            limits: canary_config::Limits {
+                max_connections: 1_024,
+                max_header_bytes: 64 * 1024,
+                max_request_line_bytes: 64 * 1024,
+                h2_max_header_list_bytes: 64 * 1024,
+                h2_stream_window_bytes: 1024 * 1024,
+                max_requests_per_connection: 0,
+                ..canary_config::Limits::default()
+            },
             shed: None,
             cut: None,
         }
@@ -195,17 +166,17 @@ pub async fn serve<M, S, B>(
         // Both the header-read and the idle timeout are run by `drive`, each on its own:
         // hyper's one timer would start at the end of the previous response.
         .header_read_timeout(None)
-        .max_headers(opts.max_header_count)
+        .max_headers(opts.limits.max_header_count)
         // The read buffer's cap alone is not a head limit: how far past it a head gets
         // depends on how the bytes were split into reads. The head size check is exact.
-        .max_header_size(opts.max_header_bytes)
-        .max_buf_size(opts.max_header_bytes.max(8 * 1024));
+        .max_header_size(opts.limits.max_header_bytes)
+        .max_buf_size(opts.limits.max_header_bytes.max(8 * 1024));
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
-        .max_concurrent_streams(opts.h2_max_concurrent_streams)
-        .initial_stream_window_size(opts.h2_stream_window_bytes)
-        .initial_connection_window_size(opts.h2_connection_window_bytes)
-        .max_header_list_size(opts.h2_max_header_list_bytes);
+        .max_concurrent_streams(opts.limits.h2_max_concurrent_streams)
+        .initial_stream_window_size(opts.limits.h2_stream_window_bytes)
+        .initial_connection_window_size(opts.limits.h2_connection_window_bytes)
+        .max_header_list_size(opts.limits.h2_max_header_list_bytes);
     let builders = std::sync::Arc::new((h1, h2));
     let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let graceful = GracefulShutdown::new();
@@ -226,7 +197,7 @@ pub async fn serve<M, S, B>(
             },
             () = &mut shutdown => break,
         };
-        if open.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= opts.max_connections {
+        if open.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= opts.limits.max_connections {
             open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             // Shed: closing at once keeps what is admitted serving.
             if let Some(c) = &opts.shed {
@@ -240,9 +211,16 @@ pub async fn serve<M, S, B>(
             tracing::debug!(%peer, error = %e, "TCP_NODELAY not set");
         }
         let accepted = tokio::time::Instant::now();
-        let budget = ConnectionBudget::new(opts.h2_max_cancelled_streams, opts.max_requests_per_connection);
+        let budget = ConnectionBudget::new(
+            opts.limits.h2_max_cancelled_streams,
+            opts.limits.max_requests_per_connection,
+        );
         let framing = FramingState::new();
-        let scanner = Scanner::new(framing.clone(), opts.max_request_line_bytes, opts.max_header_bytes);
+        let scanner = Scanner::new(
+            framing.clone(),
+            opts.limits.max_request_line_bytes,
+            opts.limits.max_header_bytes,
+        );
         let service = budget.wrap(make_service(peer), framing.clone());
         // Held until the connection ends, so the drain below waits for it.
         let drain_token = graceful.watcher();
