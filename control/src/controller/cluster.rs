@@ -118,16 +118,7 @@ impl Controller {
                 None | Some(Owner::Local) => {}
             }
         }
-        let edits = inner.store.state.reconcile(&config);
-        if let Err(e) = self.publish(&config, &inner.store) {
-            inner.store.state = before;
-            return Err(e);
-        }
-        for entry in edits {
-            inner.store.state.record(entry);
-        }
-        inner.store.save_soon();
-        inner.set_config(config);
+        self.serve_config(&mut inner, config, before)?;
         inner.owners = owners;
         inner.discovery = discovery;
         if !intents.is_empty() {

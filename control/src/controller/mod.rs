@@ -24,7 +24,7 @@ use canary_proxy::{LiveRoute, ProxyMetrics, RoutingTable, TableHandle, Variant};
 
 use crate::analysis::PromReading;
 use crate::metrics::ControlMetrics;
-use crate::state::{AuditEntry, StateError, StateStore};
+use crate::state::{AuditEntry, State, StateError, StateStore};
 
 struct Inner {
     config: Config,
@@ -178,6 +178,12 @@ impl Controller {
         }
         let mut inner = self.lock();
         let before = inner.store.state.clone();
+        self.serve_config(&mut inner, config, before)
+    }
+
+    /// Reconciles the state with `config` and serves both; on a table error the state goes
+    /// back to `before` (taken before the caller's own changes) and the old config stays.
+    fn serve_config(&self, inner: &mut Inner, config: Config, before: State) -> anyhow::Result<()> {
         let edits = inner.store.state.reconcile(&config);
         if let Err(e) = self.publish(&config, &inner.store) {
             inner.store.state = before;
