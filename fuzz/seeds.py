@@ -3,7 +3,7 @@
 the committed corpora under fuzz/corpus/ are these seeds grown by fuzzing and minimised).
 
 Sources: the README's configuration reference, the config and routing unit tests, and the
-raw smuggling / framing requests of tests/e2e/adversarial.rs."""
+raw smuggling / framing requests of tests/e2e/adversarial/."""
 import hashlib
 import json
 import os
@@ -82,7 +82,7 @@ for lines in [
 ]:
     write("affinity", "\n".join(lines))
 
-# --- h1_request: raw requests, mostly from tests/e2e/adversarial.rs -------------------------
+# --- h1_request: raw requests, mostly from tests/e2e/adversarial/ -------------------------
 SMUGGLED = "GET /smuggled HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
 CHUNKED = "5\r\nhello\r\n0\r\n\r\n" + SMUGGLED
 reqs = [

@@ -7,7 +7,9 @@ pub mod canaryd;
 pub mod client;
 pub mod cluster;
 pub mod fault_proxy;
+pub mod h2_frames;
 pub mod objects;
+pub mod raw_http1;
 pub mod rbac;
 pub mod testbed;
 
