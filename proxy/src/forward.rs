@@ -17,21 +17,19 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tower_service::Service as _;
 
-use crate::body::{BodyStalled, IdleBody, TrackedBody};
+use crate::body::TrackedBody;
 use crate::endpoint::{Endpoint, InFlight};
 use crate::error::ProxyError;
 use crate::headers::{self, ClientInfo};
 use crate::metrics::{ProxyMetrics, UpstreamErrorReason};
+use crate::request_body::{BodyStalled, IdleBody, UpstreamBody};
 use crate::request_framing::RefusedHead;
 use crate::route::Route;
 use crate::routing_table::{Resolved, Settings, TableHandle};
 use crate::split::Variant;
 use crate::upstream_pool::{self, SendError, UpstreamConn};
-use crate::upstream_tls::{TlsHandshakeError, UpstreamTls};
+use crate::upstream_tls::{http_connector, TlsHandshakeError, UpstreamTls};
 
-/// Body sent upstream: the client's stream (cut at the route's size limit), or nothing on
-/// a replayed attempt.
-pub type UpstreamBody = Either<Limited<IdleBody>, Empty<Bytes>>;
 /// Body sent to the client: the upstream's stream, or the proxy's own short answer.
 pub type ProxyBody = Either<TrackedBody, Full<Bytes>>;
 
@@ -75,14 +73,6 @@ enum Failure {
     TooLarge,
     /// The client's body sent nothing for the idle timeout.
     BodyStalled,
-}
-
-/// The TCP connector of every upstream client (plain, and under TLS).
-pub(crate) fn http_connector(connect_timeout: Duration) -> HttpConnector {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector
 }
 
 /// The request's `Content-Length`, when there is exactly one valid one.

@@ -15,6 +15,7 @@ mod forward;
 mod headers;
 mod linger;
 mod metrics;
+mod request_body;
 mod request_framing;
 mod route;
 mod routing_table;

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 
 use crate::endpoint::Endpoint;
-use crate::forward::UpstreamBody;
+use crate::request_body::UpstreamBody;
 
 /// Idle connections kept per endpoint; a connection given back past this is closed.
 /// (Small under test, so the bound is reached within the file-descriptor limit.)

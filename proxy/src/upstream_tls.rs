@@ -29,7 +29,6 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::net::TcpStream;
 
 use crate::clock::monotonic_ms;
-use crate::forward;
 
 /// What a TLS client is built from: the variant's settings and the connect timeout.
 pub(crate) type ClientKey = (canary_config::UpstreamTls, Duration);
@@ -277,7 +276,7 @@ pub(crate) struct TlsConnector {
 
 impl TlsConnector {
     fn new(settings: &canary_config::UpstreamTls, roots: Option<RootCertStore>, connect_timeout: Duration) -> Self {
-        let mut http = forward::http_connector(connect_timeout);
+        let mut http = http_connector(connect_timeout);
         // The scheme is https; the TCP part is the same.
         http.enforce_http(false);
         Self {
@@ -435,6 +434,14 @@ impl hyper::rt::Write for TlsStream {
     ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
     }
+}
+
+/// The TCP connector of every upstream client (plain, and under TLS).
+pub(crate) fn http_connector(connect_timeout: Duration) -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector
 }
 
 #[cfg(test)]
