@@ -10,7 +10,7 @@ use http::uri::{Authority, Scheme};
 use http::Uri;
 
 use crate::clock::monotonic_ms;
-use crate::upstream_pool::{UpstreamConn, UpstreamPool};
+use crate::upstream_pool::{PoolOwner, UpstreamConn, UpstreamPool};
 
 /// An upstream address with its load and health counters.
 #[derive(Debug)]
@@ -107,6 +107,13 @@ impl Endpoint {
         if self.down_until_ms.load(Ordering::Relaxed) != 0 {
             self.down_until_ms.store(0, Ordering::Relaxed);
         }
+    }
+}
+
+impl PoolOwner for Endpoint {
+    #[inline]
+    fn pool(&self) -> &UpstreamPool {
+        &self.pool
     }
 }
 

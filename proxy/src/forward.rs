@@ -409,12 +409,12 @@ impl Proxy {
                     let connecting = connector.clone().call(endpoint.connect_uri().clone());
                     async move { connecting.await.map_err(Into::into) }
                 };
-                let send = upstream_pool::send(endpoint, 0, idle, request, connect);
+                let send = upstream_pool::send(endpoint.pool(), 0, idle, request, connect);
                 tokio::time::timeout(settings.response_header_timeout, send).await
             }
             Some(tls) => {
                 let connect = || tls.connector().clone().call(endpoint.connect_uri().clone());
-                let send = upstream_pool::send(endpoint, tls.generation(), idle, request, connect);
+                let send = upstream_pool::send(endpoint.pool(), tls.generation(), idle, request, connect);
                 tokio::time::timeout(settings.response_header_timeout, send).await
             }
         };

@@ -1,6 +1,6 @@
 //! Keep-alive HTTP/1.1 connections to one endpoint, handed from request to request without locks.
 //!
-//! Each [`Endpoint`] owns one pool: a lock-free queue of idle connections. A request takes one
+//! Each endpoint owns one pool (a [`PoolOwner`]): a lock-free queue of idle connections. A request takes one
 //! (or opens one), and the response body gives it back once it has been read to its end, so a
 //! connection is only ever reused in a state where HTTP/1.1 framing says the next response is
 //! the next request's. It replaces hyper-util's legacy client, whose pool takes a mutex, hashes
@@ -16,7 +16,6 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 
-use crate::endpoint::Endpoint;
 use crate::request_body::UpstreamBody;
 
 /// Idle connections kept per endpoint; a connection given back past this is closed.
@@ -107,9 +106,16 @@ impl UpstreamPool {
     }
 }
 
-/// Gives a connection whose last response was read to its end back to `endpoint`'s pool.
-pub(crate) fn checkin(endpoint: &Arc<Endpoint>, conn: UpstreamConn) {
-    let pool = endpoint.pool();
+/// What owns a pool (an endpoint). Its reaper holds the owner weakly, so the pool of a
+/// removed owner closes with it; a trait so this module needs no endpoint type.
+pub(crate) trait PoolOwner: Send + Sync + 'static {
+    /// The owner's pool.
+    fn pool(&self) -> &UpstreamPool;
+}
+
+/// Gives a connection whose last response was read to its end back to `owner`'s pool.
+pub(crate) fn checkin<O: PoolOwner>(owner: &Arc<O>, conn: UpstreamConn) {
+    let pool = owner.pool();
     if conn.sender.is_closed() {
         return;
     }
@@ -126,21 +132,21 @@ pub(crate) fn checkin(endpoint: &Arc<Endpoint>, conn: UpstreamConn) {
     if !pool.reaper.load(Ordering::SeqCst) && !pool.reaper.swap(true, Ordering::SeqCst) {
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                rt.spawn(reap(Arc::downgrade(endpoint), every));
+                rt.spawn(reap(Arc::downgrade(owner), every));
             }
             Err(_) => pool.reaper.store(false, Ordering::SeqCst),
         }
     }
 }
 
-/// Closes `endpoint`'s expired idle connections every half idle timeout, until the pool is
-/// empty or the endpoint is gone (a pool of a removed endpoint closes with it).
-async fn reap(endpoint: Weak<Endpoint>, idle_timeout: Duration) {
+/// Closes `owner`'s expired idle connections every half idle timeout, until the pool is
+/// empty or the owner is gone (a pool of a removed endpoint closes with it).
+async fn reap<O: PoolOwner>(owner: Weak<O>, idle_timeout: Duration) {
     let every = (idle_timeout / 2).max(Duration::from_millis(100));
     loop {
         tokio::time::sleep(every).await;
-        let Some(endpoint) = endpoint.upgrade() else { return };
-        let pool = endpoint.pool();
+        let Some(owner) = owner.upgrade() else { return };
+        let pool = owner.pool();
         pool.evict_expired();
         if pool.len.load(Ordering::SeqCst) == 0 {
             pool.reaper.store(false, Ordering::SeqCst);
@@ -153,11 +159,11 @@ async fn reap(endpoint: Weak<Endpoint>, idle_timeout: Duration) {
     }
 }
 
-/// Sends `request` to `endpoint` on an idle connection of `generation`, or on a new one from
+/// Sends `request` on an idle connection of `pool` of `generation`, or on a new one from
 /// `connect`. A request that a reused connection refused before sending any of it (the
 /// backend closed it meanwhile) goes on a new connection.
 pub(crate) async fn send<C, F, Io>(
-    endpoint: &Endpoint,
+    pool: &UpstreamPool,
     generation: u64,
     idle_timeout: Duration,
     mut request: Request<UpstreamBody>,
@@ -168,7 +174,7 @@ where
     F: std::future::Future<Output = Result<Io, Box<dyn std::error::Error + Send + Sync>>>,
     Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    while let Some(mut conn) = endpoint.pool().checkout(generation, idle_timeout) {
+    while let Some(mut conn) = pool.checkout(generation, idle_timeout) {
         // Not ready: the connection is still sending the last request's body (the backend
         // answered before reading it all). Waiting could take as long as the client's upload;
         // it is closed instead.
@@ -204,6 +210,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::endpoint::Endpoint;
     use bytes::Bytes;
     use http_body_util::{Either, Empty};
     use hyper_util::rt::TokioIo;
@@ -258,7 +265,7 @@ mod tests {
             let tcp = tokio::net::TcpStream::connect(addr).await?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(TokioIo::new(tcp))
         };
-        let (resp, conn) = send(ep, generation, idle, get(), connect).await.unwrap();
+        let (resp, conn) = send(ep.pool(), generation, idle, get(), connect).await.unwrap();
         let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap();
         assert_eq!(body.to_bytes(), "ok");
         conn
