@@ -97,23 +97,25 @@ async fn failing_canary_is_rolled_back_within_seconds_and_stable_users_see_no_er
         "{ window: 10s, min_requests: 20, max_error_rate: 5, failures_before_abort: 2 }",
     ));
     let load = Load::start(proxy.addr);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        status(&proxy).await["analysis"]["verdict"],
-        "pass",
-        "{}",
-        status(&proxy).await
-    );
+    let passing = canary_tests::testbed::eventually(Duration::from_secs(10), || async {
+        status(&proxy).await["analysis"]["verdict"] == "pass"
+    })
+    .await;
+    assert!(passing, "{}", status(&proxy).await);
     canary.set_status(500);
     let aborted = wait_aborted(&proxy, Duration::from_secs(15))
         .await
         .expect("canary aborted");
     let first_failure = canary.first_error_at().expect("the canary failed");
     let took = aborted.duration_since(first_failure);
-    // Canary traffic stops at once.
-    let before = canary.count();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Canary traffic stops at once: the next 500 requests all go to stable.
+    let (before, stable_before) = (canary.count(), stable.count());
+    let served = canary_tests::testbed::eventually(Duration::from_secs(10), || async {
+        stable.count() >= stable_before + 500
+    })
+    .await;
     let (sent, stable_errors) = load.stop().await;
+    assert!(served, "the load stopped reaching stable after the abort");
     assert_eq!(canary.count(), before, "no request reached the canary after the abort");
     let s = status(&proxy).await;
     eprintln!(
