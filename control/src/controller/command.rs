@@ -137,6 +137,8 @@ impl Controller {
         result
     }
 
+    /// Decides, builds the table the new state makes, saves, then serves: Ok means the data
+    /// plane serves the change; on any error nothing changed.
     fn command_locked(
         &self,
         inner: &mut Inner,
@@ -146,60 +148,28 @@ impl Controller {
         reason: Option<String>,
         if_match: Option<u64>,
     ) -> Result<RouteStatus, CommandError> {
-        match inner.owners.get(route) {
-            None | Some(Owner::Local) => {}
-            Some(Owner::Ingress { source }) => {
-                return Err(CommandError::NotOurs {
-                    route: route.into(),
-                    owner: format!("the canary annotations of Ingress {source}"),
-                })
-            }
-            Some(Owner::CanaryRoute { namespace, name }) => {
-                return Err(CommandError::Cluster {
-                    route: route.into(),
-                    message: format!("CanaryRoute {namespace}/{name} is changed through the cluster writer"),
-                })
-            }
+        let (next, entry) = decide(inner, route, command, actor, reason, if_match, now_ms())?;
+        let table = {
+            let state = &inner.store.state;
+            self.build_table_with(&inner.config, |r| {
+                if r.name == route {
+                    next.live(route)
+                } else {
+                    state.live(r)
+                }
+            })
         }
-        let Some(plan) = inner.route(route).map(|r| r.rollout.clone()) else {
-            return Err(CommandError::UnknownRoute(route.into()));
-        };
-        let before = inner.store.state.clone();
-        let state = inner
-            .store
-            .state
-            .routes
-            .get_mut(route)
-            .ok_or_else(|| CommandError::UnknownRoute(route.into()))?;
-        if let Some(expected) = if_match {
-            if expected != state.revision {
-                return Err(CommandError::Stale {
-                    route: route.into(),
-                    expected,
-                    current: state.revision,
-                });
-            }
-        }
-        let from = describe(state);
-        let action = command.name();
-        let event = command.into_event(plan.steps, plan.interval);
-        state.apply(event, reason.clone(), now_ms())?;
-        let to = describe(state);
-        let entry = AuditEntry::applied(actor, route, action, from, to, reason);
+        .map_err(|e| CommandError::NotServed {
+            route: route.into(),
+            message: format!("{e:#}"),
+        })?;
+        let previous = inner.store.state.routes.insert(route.into(), next);
         inner.store.state.record(entry);
-        // Built before it is saved, swapped in after: Ok means the data plane serves it.
-        let table = match self.build_table(&inner.config, &inner.store) {
-            Ok(t) => t,
-            Err(e) => {
-                inner.store.state = before;
-                return Err(CommandError::NotServed {
-                    route: route.into(),
-                    message: format!("{e:#}"),
-                });
-            }
-        };
         if let Err(e) = inner.store.save() {
-            inner.store.state = before;
+            if let Some(previous) = previous {
+                inner.store.state.routes.insert(route.into(), previous);
+            }
+            inner.store.state.audit.pop_back();
             return Err(e.into());
         }
         self.table.store(table);
@@ -281,5 +251,153 @@ impl Controller {
             Change::Event(e) => state.apply(e.clone(), intent.reason.clone(), now_ms())?,
         }
         Ok(state)
+    }
+}
+
+/// What `command` makes of `route` for `actor`: its next state and the audit entry, or why
+/// it is refused (owner, unknown route, `If-Match`, the state machine). Decides only; the
+/// caller builds, saves and serves.
+fn decide(
+    inner: &Inner,
+    route: &str,
+    command: Command,
+    actor: &str,
+    reason: Option<String>,
+    if_match: Option<u64>,
+    now_ms: u64,
+) -> Result<(RouteState, AuditEntry), CommandError> {
+    match inner.owners.get(route) {
+        None | Some(Owner::Local) => {}
+        Some(Owner::Ingress { source }) => {
+            return Err(CommandError::NotOurs {
+                route: route.into(),
+                owner: format!("the canary annotations of Ingress {source}"),
+            })
+        }
+        Some(Owner::CanaryRoute { namespace, name }) => {
+            return Err(CommandError::Cluster {
+                route: route.into(),
+                message: format!("CanaryRoute {namespace}/{name} is changed through the cluster writer"),
+            })
+        }
+    }
+    let unknown = || CommandError::UnknownRoute(route.into());
+    let plan = &inner.route(route).ok_or_else(unknown)?.rollout;
+    let current = inner.store.state.routes.get(route).ok_or_else(unknown)?;
+    if let Some(expected) = if_match {
+        if expected != current.revision {
+            return Err(CommandError::Stale {
+                route: route.into(),
+                expected,
+                current: current.revision,
+            });
+        }
+    }
+    let action = command.name();
+    let mut next = current.clone();
+    next.apply(
+        command.into_event(plan.steps.clone(), plan.interval),
+        reason.clone(),
+        now_ms,
+    )?;
+    let entry = AuditEntry::applied(actor, route, action, describe(current), describe(&next), reason);
+    Ok((next, entry))
+}
+
+#[cfg(test)]
+mod tests {
+    use canary_proxy::ProxyMetrics;
+
+    use super::*;
+    use crate::metrics::ControlMetrics;
+    use crate::rollout::Phase;
+    use crate::state::StateStore;
+
+    fn controller() -> Controller {
+        let config = canary_config::parse(
+            "listen: { http: \"127.0.0.1:0\" }\nadmin: { listen: \"127.0.0.1:0\" }\nroutes:\n  - name: web\n    \
+             stable: { endpoints: [\"127.0.0.1:1\"] }\n    canary: { endpoints: [\"127.0.0.1:2\"] }\n    \
+             rollout: { steps: [10, 50] }\n",
+        )
+        .unwrap();
+        let registry = prometheus::Registry::new();
+        Controller::new(
+            config,
+            StateStore::open(None, false).unwrap(),
+            ProxyMetrics::register(&registry).unwrap(),
+            ControlMetrics::register(&registry).unwrap(),
+        )
+        .unwrap()
+        .0
+    }
+
+    fn start() -> Command {
+        Command::Start {
+            steps: None,
+            interval: None,
+        }
+    }
+
+    /// The decision alone: next state and audit entry, nothing changed until it is applied.
+    #[test]
+    fn a_decision_changes_nothing_and_says_what_would_change() {
+        let c = controller();
+        let inner = c.lock();
+        let (next, entry) = decide(&inner, "web", start(), "ci", Some("release 42".into()), Some(1), 1_000).unwrap();
+        assert_eq!(
+            (next.rollout.phase, next.weight().percent()),
+            (Phase::Progressing, 10.0)
+        );
+        assert_eq!(next.rollout.step_started_ms, 1_000);
+        assert_eq!((entry.actor.as_str(), entry.action.as_str()), ("ci", "rollout"));
+        assert_eq!(entry.from.as_deref(), Some("0 % Idle"));
+        assert_eq!(entry.to.as_deref(), Some("10 % Progressing"));
+        assert_eq!(
+            inner.store.state.routes["web"].rollout.phase,
+            Phase::Idle,
+            "decided only"
+        );
+    }
+
+    #[test]
+    fn refusals_name_their_reason() {
+        let c = controller();
+        let mut inner = c.lock();
+        let refused = |inner: &Inner, route: &str, command: Command, if_match: Option<u64>| {
+            decide(inner, route, command, "ci", None, if_match, 0)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(refused(&inner, "nope", Command::Step, None).contains("nope"));
+        let stale = refused(&inner, "web", Command::Step, Some(7));
+        assert!(stale.contains("revision 1, not 7"), "{stale}");
+        let phase = refused(&inner, "web", Command::Step, None);
+        assert!(phase.contains("Idle"), "{phase}");
+        inner.owners.insert(
+            "web".into(),
+            Owner::Ingress {
+                source: "prod/web-canary".into(),
+            },
+        );
+        assert!(refused(&inner, "web", start(), None).contains("prod/web-canary"));
+    }
+
+    /// Applied: saved, served and audited together; refused: audited as refused, unchanged.
+    #[test]
+    fn a_command_serves_its_state_and_a_refused_one_changes_nothing() {
+        let c = controller();
+        let served = c.table.load_full();
+        let status = c.command("web", start(), "ci", None, None).unwrap();
+        assert_eq!(
+            (status.phase, status.weight, status.revision),
+            (Phase::Progressing, 10.0, 2)
+        );
+        assert!(!std::sync::Arc::ptr_eq(&served, &c.table.load_full()), "no new table");
+        let err = c.command("web", Command::Resume, "ci", None, None).unwrap_err();
+        assert!(matches!(err, CommandError::Rollout(_)), "{err:?}");
+        assert_eq!(c.status("web").unwrap().revision, 2);
+        let audit = c.audit(Some("web"), 2);
+        assert_eq!(audit[0].outcome, "applied");
+        assert!(audit[1].outcome.starts_with("refused: cannot resume"), "{:?}", audit[1]);
     }
 }
