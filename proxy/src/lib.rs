@@ -8,6 +8,7 @@ mod affinity;
 mod balancer;
 mod body;
 mod clock;
+mod connection;
 mod connection_budget;
 mod endpoint;
 mod error;
