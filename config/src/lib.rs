@@ -3,6 +3,7 @@
 //! This crate does no I/O: callers read the file and hand the text to [`parse`].
 #![forbid(unsafe_code)]
 
+mod claims;
 mod error;
 mod model;
 pub mod path;
@@ -10,6 +11,7 @@ mod raw;
 mod validate;
 mod weight;
 
+pub use claims::{Matcher, RouteClaims};
 pub use error::{ConfigError, FieldError};
 pub use model::{
     Admin, Affinity, AffinityKey, Analysis, Backend, CertificateFiles, CertificateSecret, Config, Endpoint,

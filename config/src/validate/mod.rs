@@ -1,9 +1,9 @@
 //! Semantic checks of a raw config; every error is collected with its field path.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use crate::claims::{Matcher, RouteClaims};
 use crate::error::FieldError;
 use crate::model::*;
 use crate::path::{EncodedSlashes, PathOptions};
@@ -70,14 +70,13 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     };
 
     let mut routes = Vec::with_capacity(raw.routes.len());
-    let mut names: HashMap<String, usize> = HashMap::new();
-    // (host pattern or None for any host, prefix) → route index, to find overlaps.
-    let mut matchers: HashMap<(Option<HostPattern>, String, bool), usize> = HashMap::new();
+    // Names and host + path matchers held so far, by route index.
+    let mut claims: RouteClaims<usize> = RouteClaims::default();
     for (i, r) in raw.routes.into_iter().enumerate() {
         let at = format!("routes[{i}]");
         if let Err(m) = route_name(&r.name) {
             errs.push(format!("{at}.name"), m);
-        } else if let Some(first) = names.insert(r.name.clone(), i) {
+        } else if let Some(first) = claims.name_holder(&r.name) {
             errs.push(
                 format!("{at}.name"),
                 format!("{:?} is already the name of routes[{first}]", r.name),
@@ -91,22 +90,23 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
                 String::new()
             }
         };
-        if !path_prefix.is_empty() {
-            let keys: Vec<Option<HostPattern>> = if hosts.is_empty() {
-                vec![None]
-            } else {
-                hosts.iter().cloned().map(Some).collect()
-            };
-            for key in keys {
-                let shown = key.as_ref().map_or_else(|| "any host".to_string(), |h| h.to_string());
-                if let Some(other) = matchers.insert((key, path_prefix.clone(), r.path_exact), i) {
-                    errs.push(
-                        format!("{at}.path_prefix"),
-                        format!("{shown} with prefix {path_prefix:?} is already served by routes[{other}]"),
-                    );
-                }
+        let matchers = if path_prefix.is_empty() {
+            Vec::new()
+        } else {
+            Matcher::of(&hosts, &path_prefix, r.path_exact)
+        };
+        for m in &matchers {
+            if let Some(other) = claims.matcher_holder(m) {
+                errs.push(
+                    format!("{at}.path_prefix"),
+                    format!(
+                        "{} with prefix {path_prefix:?} is already served by routes[{other}]",
+                        m.host_shown()
+                    ),
+                );
             }
         }
+        claims.claim(&r.name, matchers, i);
         routes.push(route_body(
             &mut errs,
             &at,

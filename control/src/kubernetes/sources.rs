@@ -5,13 +5,13 @@
 //! API calls (see [`super::api_calls`]): list/watch of CanaryRoutes, of Ingresses and, by
 //! name, of TLS Secrets.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use std::collections::BTreeMap;
 
-use canary_config::{Config, HostPattern, Kubernetes, Route};
+use canary_config::{Config, HostPattern, Kubernetes, RouteClaims};
 use canary_proxy::tls::LoadedCert;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::networking::v1::Ingress;
@@ -150,9 +150,9 @@ impl ClusterSources {
         let mut shared = HashMap::new();
         let mut problems = Vec::new();
         let mut synced = true;
-        let mut taken = Taken::default();
+        let mut taken: RouteClaims<()> = RouteClaims::default();
         for r in &config.routes {
-            taken.claim(r);
+            taken.claim_route(r, ());
         }
         if let Some(w) = &self.canary_routes {
             let snapshot = w.snapshot();
@@ -169,7 +169,7 @@ impl ClusterSources {
                     problems.push(format!("CanaryRoute {ns}/{name} not served: {why}"));
                     continue;
                 }
-                taken.claim(&route);
+                taken.claim_route(&route, ());
                 if let Some(state) = object.status.as_ref().and_then(|s| s.to_state()) {
                     shared.insert(route.name.clone(), state);
                 }
@@ -213,7 +213,7 @@ impl ClusterSources {
                     problems.push(format!("Ingress {} not served: {why}", r.stable));
                     continue;
                 }
-                taken.claim(&r.route);
+                taken.claim_route(&r.route, ());
                 owners.insert(r.route.name.clone(), Owner::Ingress { source });
                 config.routes.push(r.route);
             }
@@ -323,44 +323,6 @@ impl ClusterSources {
             }
         }
         certs
-    }
-}
-
-/// Names and host + path matchers in use.
-#[derive(Default)]
-struct Taken {
-    names: HashSet<String>,
-    matchers: HashSet<(Option<HostPattern>, String, bool)>,
-}
-
-impl Taken {
-    fn keys(r: &Route) -> Vec<(Option<HostPattern>, String, bool)> {
-        if r.hosts.is_empty() {
-            vec![(None, r.path_prefix.clone(), r.path_exact)]
-        } else {
-            r.hosts
-                .iter()
-                .map(|h| (Some(h.clone()), r.path_prefix.clone(), r.path_exact))
-                .collect()
-        }
-    }
-
-    fn clash(&self, r: &Route) -> Option<String> {
-        if self.names.contains(&r.name) {
-            return Some(format!("a route named {:?} already exists", r.name));
-        }
-        Self::keys(r)
-            .into_iter()
-            .find(|k| self.matchers.contains(k))
-            .map(|(h, p, _)| {
-                let host = h.map_or_else(|| "any host".to_string(), |h| h.to_string());
-                format!("{host} with path {p:?} is already served by another route")
-            })
-    }
-
-    fn claim(&mut self, r: &Route) {
-        self.names.insert(r.name.clone());
-        self.matchers.extend(Self::keys(r));
     }
 }
 
