@@ -69,67 +69,9 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         cooloff: duration(&mut errs, "passive_health.cooloff", &raw.passive_health.cooloff),
     };
 
-    let mut routes = Vec::with_capacity(raw.routes.len());
-    // Names and host + path matchers held so far, by route index.
-    let mut claims: RouteClaims<usize> = RouteClaims::default();
-    for (i, r) in raw.routes.into_iter().enumerate() {
-        let at = format!("routes[{i}]");
-        if let Err(m) = route_name(&r.name) {
-            errs.push(format!("{at}.name"), m);
-        } else if let Some(first) = claims.name_holder(&r.name) {
-            errs.push(
-                format!("{at}.name"),
-                format!("{:?} is already the name of routes[{first}]", r.name),
-            );
-        }
-        let hosts = hosts(&mut errs, &at, &r.hosts);
-        let path_prefix = match path_prefix(&r.path_prefix) {
-            Ok(p) => p,
-            Err(m) => {
-                errs.push(format!("{at}.path_prefix"), m);
-                String::new()
-            }
-        };
-        let matchers = if path_prefix.is_empty() {
-            Vec::new()
-        } else {
-            Matcher::of(&hosts, &path_prefix, r.path_exact)
-        };
-        for m in &matchers {
-            if let Some(other) = claims.matcher_holder(m) {
-                errs.push(
-                    format!("{at}.path_prefix"),
-                    format!(
-                        "{} with prefix {path_prefix:?} is already served by routes[{other}]",
-                        m.host_shown()
-                    ),
-                );
-            }
-        }
-        claims.claim(&r.name, matchers, i);
-        routes.push(route_body(
-            &mut errs,
-            &at,
-            r,
-            hosts,
-            path_prefix,
-            raw.limits.max_body_bytes,
-        ));
-    }
+    let routes = routes(&mut errs, raw.routes, raw.limits.max_body_bytes);
 
-    let mut trusted_proxies = Vec::with_capacity(raw.trusted_proxies.len());
-    for (i, t) in raw.trusted_proxies.iter().enumerate() {
-        let net = t
-            .parse::<ipnet::IpNet>()
-            .or_else(|_| t.parse::<IpAddr>().map(ipnet::IpNet::from));
-        match net {
-            Ok(n) => trusted_proxies.push(n.trunc()),
-            Err(_) => errs.push(
-                format!("trusted_proxies[{i}]"),
-                format!("{t:?} is not a CIDR like 10.0.0.0/8 or an IP"),
-            ),
-        }
-    }
+    let trusted_proxies = trusted_proxies(&mut errs, &raw.trusted_proxies);
     let https = raw
         .listen
         .https
@@ -151,36 +93,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         );
     }
     let limits = raw.limits;
-    for (field, ok) in [
-        ("max_connections", limits.max_connections >= 1),
-        ("max_header_count", (1..=1000).contains(&limits.max_header_count)),
-        (
-            "max_header_bytes",
-            (8 * 1024..=1024 * 1024).contains(&limits.max_header_bytes),
-        ),
-        (
-            "max_request_line_bytes",
-            (1024..=limits.max_header_bytes).contains(&limits.max_request_line_bytes),
-        ),
-        ("h2_max_concurrent_streams", limits.h2_max_concurrent_streams >= 1),
-        ("h2_max_header_list_bytes", limits.h2_max_header_list_bytes >= 1024),
-        (
-            "h2_stream_window_bytes",
-            H2_WINDOW.contains(&limits.h2_stream_window_bytes),
-        ),
-        (
-            "h2_connection_window_bytes",
-            H2_WINDOW.contains(&limits.h2_connection_window_bytes)
-                && limits.h2_connection_window_bytes >= limits.h2_stream_window_bytes,
-        ),
-    ] {
-        if !ok {
-            errs.push(
-                format!("limits.{field}"),
-                "out of range (connections ≥ 1, header count 1..1000, header bytes 8 KiB..1 MiB, request line 1 KiB..header bytes, streams ≥ 1, header list ≥ 1 KiB, HTTP/2 windows 16 KiB..16 MiB with the connection's at least the stream's)",
-            );
-        }
-    }
+    check_limits(&mut errs, &limits);
     let state_path = std::path::PathBuf::from(&raw.state.path);
     if raw.state.path.is_empty() || !state_path.is_absolute() || raw.state.path.contains('\0') {
         errs.push(
@@ -220,6 +133,103 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         },
         routes,
     })
+}
+
+/// Every route, with its name and its host + path matchers each held once.
+fn routes(errs: &mut Errors, raw_routes: Vec<RawRoute>, default_max_body_bytes: u64) -> Vec<Route> {
+    let mut routes = Vec::with_capacity(raw_routes.len());
+    // Names and host + path matchers held so far, by route index.
+    let mut claims: RouteClaims<usize> = RouteClaims::default();
+    for (i, r) in raw_routes.into_iter().enumerate() {
+        let at = format!("routes[{i}]");
+        if let Err(m) = route_name(&r.name) {
+            errs.push(format!("{at}.name"), m);
+        } else if let Some(first) = claims.name_holder(&r.name) {
+            errs.push(
+                format!("{at}.name"),
+                format!("{:?} is already the name of routes[{first}]", r.name),
+            );
+        }
+        let hosts = hosts(errs, &at, &r.hosts);
+        let path_prefix = match path_prefix(&r.path_prefix) {
+            Ok(p) => p,
+            Err(m) => {
+                errs.push(format!("{at}.path_prefix"), m);
+                String::new()
+            }
+        };
+        let matchers = if path_prefix.is_empty() {
+            Vec::new()
+        } else {
+            Matcher::of(&hosts, &path_prefix, r.path_exact)
+        };
+        for m in &matchers {
+            if let Some(other) = claims.matcher_holder(m) {
+                errs.push(
+                    format!("{at}.path_prefix"),
+                    format!(
+                        "{} with prefix {path_prefix:?} is already served by routes[{other}]",
+                        m.host_shown()
+                    ),
+                );
+            }
+        }
+        claims.claim(&r.name, matchers, i);
+        routes.push(route_body(errs, &at, r, hosts, path_prefix, default_max_body_bytes));
+    }
+    routes
+}
+
+/// `trusted_proxies`: CIDRs or single IPs.
+fn trusted_proxies(errs: &mut Errors, raw: &[String]) -> Vec<ipnet::IpNet> {
+    let mut trusted_proxies = Vec::with_capacity(raw.len());
+    for (i, t) in raw.iter().enumerate() {
+        let net = t
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| t.parse::<IpAddr>().map(ipnet::IpNet::from));
+        match net {
+            Ok(n) => trusted_proxies.push(n.trunc()),
+            Err(_) => errs.push(
+                format!("trusted_proxies[{i}]"),
+                format!("{t:?} is not a CIDR like 10.0.0.0/8 or an IP"),
+            ),
+        }
+    }
+    trusted_proxies
+}
+
+/// The ranges of `limits`.
+fn check_limits(errs: &mut Errors, limits: &Limits) {
+    for (field, ok) in [
+        ("max_connections", limits.max_connections >= 1),
+        ("max_header_count", (1..=1000).contains(&limits.max_header_count)),
+        (
+            "max_header_bytes",
+            (8 * 1024..=1024 * 1024).contains(&limits.max_header_bytes),
+        ),
+        (
+            "max_request_line_bytes",
+            (1024..=limits.max_header_bytes).contains(&limits.max_request_line_bytes),
+        ),
+        ("h2_max_concurrent_streams", limits.h2_max_concurrent_streams >= 1),
+        ("h2_max_header_list_bytes", limits.h2_max_header_list_bytes >= 1024),
+        (
+            "h2_stream_window_bytes",
+            H2_WINDOW.contains(&limits.h2_stream_window_bytes),
+        ),
+        (
+            "h2_connection_window_bytes",
+            H2_WINDOW.contains(&limits.h2_connection_window_bytes)
+                && limits.h2_connection_window_bytes >= limits.h2_stream_window_bytes,
+        ),
+    ] {
+        if !ok {
+            errs.push(
+                format!("limits.{field}"),
+                "out of range (connections ≥ 1, header count 1..1000, header bytes 8 KiB..1 MiB, request line 1 KiB..header bytes, streams ≥ 1, header list ≥ 1 KiB, HTTP/2 windows 16 KiB..16 MiB with the connection's at least the stream's)",
+            );
+        }
+    }
 }
 
 #[cfg(test)]
