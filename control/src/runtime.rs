@@ -52,22 +52,7 @@ pub enum Mode {
 
 /// Serves `config` until SIGTERM or SIGINT.
 pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
-    if opts.mode == Mode::Standalone {
-        for (i, r) in config.routes.iter().enumerate() {
-            for (variant, b) in [("stable", &r.stable), ("canary", &r.canary)] {
-                if b.kubernetes.is_some() {
-                    anyhow::bail!(
-                        "routes[{i}].{variant}.kubernetes: a kubernetes source needs `canaryd run --mode kubernetes`"
-                    );
-                }
-            }
-        }
-    }
-    if opts.mode == Mode::Standalone && config.listen.https.is_some() && config.tls.certificates.is_empty() {
-        anyhow::bail!(
-            "tls.certificates: listen.https needs at least one certificate file (tls.secrets and Ingress TLS need `--mode kubernetes`)"
-        );
-    }
+    check_mode(&config, opts.mode)?;
     let kube_client = match opts.mode {
         Mode::Standalone => None,
         Mode::Kubernetes => Some(crate::kubernetes::client(opts.kubeconfig.as_deref()).await?),
@@ -96,36 +81,7 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     let pool = PoolOptions {
         connect_timeout: config.timeouts.connect,
     };
-    let shed = prometheus::IntCounterVec::new(
-        prometheus::Opts::new(
-            "canaryd_connections_shed_total",
-            "Connections closed at accept because the listener had limits.max_connections open.",
-        ),
-        &["listener"],
-    )?;
-    registry
-        .register(Box::new(shed.clone()))
-        .context("registering listener metrics")?;
-    let cut = prometheus::IntCounterVec::new(
-        prometheus::Opts::new(
-            "canaryd_connections_cut_total",
-            "Connections sent GOAWAY and closed for cancelling more requests than limits.h2_max_cancelled_streams allows (HTTP/2 rapid reset).",
-        ),
-        &["listener"],
-    )?;
-    registry
-        .register(Box::new(cut.clone()))
-        .context("registering listener metrics")?;
-    let serve_opts = ServeOptions {
-        shed: Some(shed.with_label_values(&["http"])),
-        cut: Some(cut.with_label_values(&["http"])),
-        ..ServeOptions::public(&config)
-    };
-    let https_opts = ServeOptions {
-        shed: Some(shed.with_label_values(&["https"])),
-        cut: Some(cut.with_label_values(&["https"])),
-        ..serve_opts.clone()
-    };
+    let (serve_opts, https_opts) = public_listener_options(&config, &registry)?;
     // The admin listener has its own connection budget, so a flood of the public port leaves it answering.
     let admin_opts = ServeOptions::internal(config.timeouts.drain);
     let (listen, admin_listen) = (config.listen.http, config.admin.listen);
@@ -251,6 +207,64 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What the file asks that `mode` cannot serve (a kubernetes source or Secret outside
+/// kubernetes mode).
+fn check_mode(config: &Config, mode: Mode) -> anyhow::Result<()> {
+    if mode == Mode::Standalone {
+        for (i, r) in config.routes.iter().enumerate() {
+            for (variant, b) in [("stable", &r.stable), ("canary", &r.canary)] {
+                if b.kubernetes.is_some() {
+                    anyhow::bail!(
+                        "routes[{i}].{variant}.kubernetes: a kubernetes source needs `canaryd run --mode kubernetes`"
+                    );
+                }
+            }
+        }
+    }
+    if mode == Mode::Standalone && config.listen.https.is_some() && config.tls.certificates.is_empty() {
+        anyhow::bail!(
+            "tls.certificates: listen.https needs at least one certificate file (tls.secrets and Ingress TLS need `--mode kubernetes`)"
+        );
+    }
+    Ok(())
+}
+
+/// The options of the public HTTP and HTTPS listeners, with their shed and cut counters
+/// registered in `registry`.
+fn public_listener_options(config: &Config, registry: &Registry) -> anyhow::Result<(ServeOptions, ServeOptions)> {
+    let shed = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "canaryd_connections_shed_total",
+            "Connections closed at accept because the listener had limits.max_connections open.",
+        ),
+        &["listener"],
+    )?;
+    registry
+        .register(Box::new(shed.clone()))
+        .context("registering listener metrics")?;
+    let cut = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "canaryd_connections_cut_total",
+            "Connections sent GOAWAY and closed for cancelling more requests than limits.h2_max_cancelled_streams allows (HTTP/2 rapid reset).",
+        ),
+        &["listener"],
+    )?;
+    registry
+        .register(Box::new(cut.clone()))
+        .context("registering listener metrics")?;
+    let serve_opts = ServeOptions {
+        shed: Some(shed.with_label_values(&["http"])),
+        cut: Some(cut.with_label_values(&["http"])),
+        ..ServeOptions::public(config)
+    };
+    let https_opts = ServeOptions {
+        shed: Some(shed.with_label_values(&["https"])),
+        cut: Some(cut.with_label_values(&["https"])),
+        ..serve_opts.clone()
+    };
+    Ok((serve_opts, https_opts))
 }
 
 /// The analysis tick: every second, judge canaries (aborting failing ones) and advance
