@@ -61,12 +61,6 @@ impl Endpoint {
         &self.connect_uri
     }
 
-    /// Its idle keep-alive connections.
-    #[inline]
-    pub(crate) fn pool(&self) -> &UpstreamPool {
-        &self.pool
-    }
-
     /// Requests currently sent to this endpoint and not finished.
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
@@ -110,6 +104,7 @@ impl Endpoint {
     }
 }
 
+/// Its idle keep-alive connections.
 impl PoolOwner for Endpoint {
     #[inline]
     fn pool(&self) -> &UpstreamPool {

@@ -27,7 +27,7 @@ use crate::request_framing::RefusedHead;
 use crate::route::Route;
 use crate::routing_table::{Resolved, Settings, TableHandle};
 use crate::split::Variant;
-use crate::upstream_pool::{self, SendError, UpstreamConn};
+use crate::upstream_pool::{self, PoolOwner, SendError, UpstreamConn};
 use crate::upstream_tls::{http_connector, TlsHandshakeError, UpstreamTls};
 
 /// Body sent to the client: the upstream's stream, or the proxy's own short answer.
