@@ -90,6 +90,7 @@ fn rollout(traffic: Traffic, judges: &[Judge], seconds: u64, rng: &mut fastrand:
                 Judge::Canaryd(a) => {
                     let j = analysis::judge(
                         a,
+                        canary_proxy::Variant::Stable,
                         &stable,
                         &canary,
                         Some((&since[0], &since[1])),

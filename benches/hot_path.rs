@@ -56,7 +56,7 @@ fn recording(c: &mut Criterion) {
 
 fn decision(c: &mut Criterion) {
     c.bench_function("split_weighted_10pct", |b| {
-        b.iter(|| split::weighted(black_box(100_000)))
+        b.iter(|| split::weighted(black_box(split::Shares::canary(100_000))))
     });
 }
 

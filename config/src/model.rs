@@ -192,6 +192,9 @@ pub struct Route {
     pub stable: Backend,
     /// The canary variant's backend.
     pub canary: Backend,
+    /// Fresh pods of the stable version that get as much traffic as the canary, for the
+    /// analysis to judge the canary against (instead of long-running stable pods).
+    pub baseline: Option<Backend>,
     /// Share of requests (or of users, with affinity) sent to the canary.
     pub weight: Weight,
     /// Sticky assignment; `None` decides per request.
@@ -213,6 +216,15 @@ pub struct Route {
     pub max_body_bytes: u64,
     /// HSTS on responses over TLS.
     pub hsts: Option<Hsts>,
+}
+
+impl Route {
+    /// The route's backends by variant name: stable, canary, and the baseline when it has one.
+    pub fn backends(&self) -> impl Iterator<Item = (&'static str, &Backend)> {
+        [("stable", &self.stable), ("canary", &self.canary)]
+            .into_iter()
+            .chain(self.baseline.as_ref().map(|b| ("baseline", b)))
+    }
 }
 
 /// Steps and pace of a rollout.

@@ -212,6 +212,8 @@ pub(crate) struct RawRoute {
     #[serde(default)]
     pub canary: RawBackend,
     #[serde(default)]
+    pub baseline: Option<RawBackend>,
+    #[serde(default)]
     pub weight: f64,
     #[serde(default)]
     pub affinity: Option<RawAffinity>,

@@ -1,4 +1,5 @@
-//! Judging the canary against stable: pure functions, no I/O.
+//! Judging the canary against stable, or against the route's baseline when it has one (the
+//! same version as stable on fresh pods at the canary's share): pure functions, no I/O.
 //!
 //! With `alpha` (sequential mode), every rule is judged on all traffic since the rollout began
 //! with anytime-valid bounds ([`crate::sequential`]): judged every second, a canary no worse
@@ -15,6 +16,7 @@ use std::time::Duration;
 use canary_config::Analysis;
 use canary_proxy::running::Totals;
 use canary_proxy::window::WindowTotals;
+use canary_proxy::Variant;
 
 use crate::sequential::{self, Check, Decision};
 use serde::{Deserialize, Serialize};
@@ -84,6 +86,7 @@ pub struct Judgement {
 /// rules on the window. A PromQL reading is judged against its bounds either way.
 pub fn judge(
     a: &Analysis,
+    against: Variant,
     stable: &WindowTotals,
     canary: &WindowTotals,
     since_rollout: Option<(&Totals, &Totals)>,
@@ -91,11 +94,11 @@ pub fn judge(
 ) -> Judgement {
     let (Some(alpha), Some((s, c))) = (a.alpha, since_rollout) else {
         return Judgement {
-            verdict: judge_window(a, stable, canary, prom),
+            verdict: judge_window(a, against, stable, canary, prom),
             checks: Vec::new(),
         };
     };
-    let checks = sequential::judge(a, alpha, s, c);
+    let checks = sequential::judge(a, alpha, against, s, c);
     let verdict = if let Some(failed) = checks.iter().find(|c| c.decision == Decision::Fail) {
         Verdict::Fail(failed.rule, failed.explanation.clone())
     } else {
@@ -145,7 +148,13 @@ fn prom_verdict(a: &Analysis, prom: &PromReading) -> Result<Option<String>, Verd
 }
 
 /// The threshold rules on one window.
-fn judge_window(a: &Analysis, stable: &WindowTotals, canary: &WindowTotals, prom: &PromReading) -> Verdict {
+fn judge_window(
+    a: &Analysis,
+    against: Variant,
+    stable: &WindowTotals,
+    canary: &WindowTotals,
+    prom: &PromReading,
+) -> Verdict {
     let window = humantime::format_duration(a.window);
     let mut inconclusive: Option<String> = None;
     if canary.requests < a.min_requests {
@@ -176,7 +185,7 @@ fn judge_window(a: &Analysis, stable: &WindowTotals, canary: &WindowTotals, prom
                 return Verdict::Fail(
                     Rule::ErrorRateIncrease,
                     format!(
-                        "canary 5xx {canary_pct:.2} % is {increase:.2} points above stable's {stable_pct:.2} % (limit {max_increase}) over {window}"
+                        "canary 5xx {canary_pct:.2} % is {increase:.2} points above {against}'s {stable_pct:.2} % (limit {max_increase}) over {window}"
                     ),
                 );
             }
@@ -191,7 +200,7 @@ fn judge_window(a: &Analysis, stable: &WindowTotals, canary: &WindowTotals, prom
                 return Verdict::Fail(
                     Rule::LatencyIncrease,
                     format!(
-                        "canary p{} {} is {increase:.0} % above stable's {} (limit {limit} %) over {window}",
+                        "canary p{} {} is {increase:.0} % above {against}'s {} (limit {limit} %) over {window}",
                         a.latency_quantile * 100.0,
                         show_latency(c),
                         show_latency(s)
@@ -300,6 +309,7 @@ mod tests {
         let a = analysis("{ max_error_rate: 5 }");
         match judge_window(
             &a,
+            Variant::Stable,
             &totals(900, 0, 5),
             &totals(100, 100, 5),
             &PromReading::NotConfigured,
@@ -315,7 +325,13 @@ mod tests {
     fn one_percent_under_a_five_percent_threshold_passes() {
         let a = analysis("{ max_error_rate: 5 }");
         assert_eq!(
-            judge_window(&a, &totals(900, 0, 5), &totals(100, 1, 5), &PromReading::NotConfigured),
+            judge_window(
+                &a,
+                Variant::Stable,
+                &totals(900, 0, 5),
+                &totals(100, 1, 5),
+                &PromReading::NotConfigured
+            ),
             Verdict::Pass
         );
     }
@@ -326,6 +342,7 @@ mod tests {
         assert_eq!(
             judge_window(
                 &a,
+                Variant::Stable,
                 &totals(900, 270, 5),
                 &totals(100, 30, 5),
                 &PromReading::NotConfigured
@@ -335,6 +352,7 @@ mod tests {
         assert!(matches!(
             judge_window(
                 &a,
+                Variant::Stable,
                 &totals(900, 90, 5),
                 &totals(100, 30, 5),
                 &PromReading::NotConfigured
@@ -348,12 +366,19 @@ mod tests {
         let a = analysis("{ max_error_rate: 100, max_error_rate_increase: 2, significance: 0.05, min_requests: 10 }");
         // 2 of 20 (10 %) against 0 of 2000 would fail the bare rule, but is not significant.
         assert_eq!(
-            judge_window(&a, &totals(2000, 0, 5), &totals(20, 2, 5), &PromReading::NotConfigured),
+            judge_window(
+                &a,
+                Variant::Stable,
+                &totals(2000, 0, 5),
+                &totals(20, 2, 5),
+                &PromReading::NotConfigured
+            ),
             Verdict::Pass
         );
         assert!(matches!(
             judge_window(
                 &a,
+                Variant::Stable,
                 &totals(2000, 0, 5),
                 &totals(400, 40, 5),
                 &PromReading::NotConfigured
@@ -365,7 +390,13 @@ mod tests {
     #[test]
     fn quiet_canary_is_inconclusive() {
         let a = analysis("{ min_requests: 50 }");
-        let v = judge_window(&a, &totals(900, 0, 5), &totals(10, 10, 5), &PromReading::NotConfigured);
+        let v = judge_window(
+            &a,
+            Variant::Stable,
+            &totals(900, 0, 5),
+            &totals(10, 10, 5),
+            &PromReading::NotConfigured,
+        );
         assert_eq!(
             v,
             Verdict::Inconclusive("canary had 10 of the 50 requests needed in 1m".into())
@@ -377,6 +408,7 @@ mod tests {
         let a = analysis("{ max_latency_p99: 500ms }");
         match judge_window(
             &a,
+            Variant::Stable,
             &totals(900, 0, 5),
             &totals(100, 0, 800),
             &PromReading::NotConfigured,
@@ -387,6 +419,7 @@ mod tests {
         assert_eq!(
             judge_window(
                 &a,
+                Variant::Stable,
                 &totals(900, 0, 5),
                 &totals(100, 0, 300),
                 &PromReading::NotConfigured
@@ -400,12 +433,15 @@ mod tests {
         let a = analysis("{ prometheus: { url: \"http://127.0.0.1:9\", query: \"x\", max: 0.05 } }");
         let (s, c) = (totals(900, 0, 5), totals(100, 0, 5));
         assert!(matches!(
-            judge_window(&a, &s, &c, &PromReading::Value(0.5)),
+            judge_window(&a, Variant::Stable, &s, &c, &PromReading::Value(0.5)),
             Verdict::Fail(Rule::Prometheus, _)
         ));
-        assert_eq!(judge_window(&a, &s, &c, &PromReading::Value(0.01)), Verdict::Pass);
+        assert_eq!(
+            judge_window(&a, Variant::Stable, &s, &c, &PromReading::Value(0.01)),
+            Verdict::Pass
+        );
         assert!(matches!(
-            judge_window(&a, &s, &c, &PromReading::Unavailable("down".into())),
+            judge_window(&a, Variant::Stable, &s, &c, &PromReading::Unavailable("down".into())),
             Verdict::Inconclusive(_)
         ));
     }

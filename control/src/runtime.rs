@@ -214,7 +214,7 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
 fn check_mode(config: &Config, mode: Mode) -> anyhow::Result<()> {
     if mode == Mode::Standalone {
         for (i, r) in config.routes.iter().enumerate() {
-            for (variant, b) in [("stable", &r.stable), ("canary", &r.canary)] {
+            for (variant, b) in r.backends() {
                 if b.kubernetes.is_some() {
                     anyhow::bail!(
                         "routes[{i}].{variant}.kubernetes: a kubernetes source needs `canaryd run --mode kubernetes`"

@@ -9,6 +9,9 @@
 //! union bound over the bounds a fail needs). The assumption is that each variant's rates are
 //! steady while they are compared; a shock that hits both variants at once moves both.
 //!
+//! The canary is compared with stable, or with the route's baseline when it has one (fresh pods
+//! of the stable version at the canary's share); "stable" below means whichever it is.
+//!
 //! - `max_error_rate_increase` (points): canary 5xx share minus stable's, in
 //!   `[L(canary) − U(stable), U(canary) − L(stable)]`.
 //! - `max_error_rate` (percent): canary 5xx share in `[L, U]`.
@@ -24,6 +27,7 @@ use std::time::Duration;
 
 use canary_config::Analysis;
 use canary_proxy::running::{bucket_upper, Totals, BUCKETS};
+use canary_proxy::Variant;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -75,8 +79,11 @@ pub struct Check {
     pub decision: Decision,
     /// The canary's figure.
     pub canary: Estimate,
-    /// Stable's figure, for rules that compare.
+    /// Stable's figure, for rules that compare with stable.
     pub stable: Option<Estimate>,
+    /// The baseline's figure, for rules that compare with a route's baseline instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Estimate>,
     /// The quantity judged, as observed (points, percent or milliseconds: see `unit`).
     pub statistic: f64,
     /// The lowest value of the quantity the bounds allow.
@@ -94,8 +101,8 @@ pub struct Check {
 }
 
 /// Judges every configured rule on cumulative totals; `alpha` is the false-abort rate of the
-/// whole analysis.
-pub fn judge(a: &Analysis, alpha: f64, stable: &Totals, canary: &Totals) -> Vec<Check> {
+/// whole analysis; `stable` holds the totals of `against` (stable, or the baseline).
+pub fn judge(a: &Analysis, alpha: f64, against: Variant, stable: &Totals, canary: &Totals) -> Vec<Check> {
     let rules = usize::from(a.max_error_rate_increase.is_some())
         + usize::from(a.max_error_rate.is_some())
         + usize::from(a.max_latency_increase.is_some())
@@ -108,7 +115,7 @@ pub fn judge(a: &Analysis, alpha: f64, stable: &Totals, canary: &Totals) -> Vec<
     let side = per_rule / 2.0;
     let mut checks = Vec::with_capacity(rules);
     if let Some(limit) = a.max_error_rate_increase {
-        checks.push(error_increase(limit, per_rule, side, stable, canary));
+        checks.push(error_increase(limit, per_rule, side, against, stable, canary));
     }
     if let Some(limit) = a.max_error_rate {
         checks.push(error_rate(limit, per_rule, side, canary));
@@ -119,6 +126,7 @@ pub fn judge(a: &Analysis, alpha: f64, stable: &Totals, canary: &Totals) -> Vec<
             a.latency_quantile,
             per_rule,
             side,
+            against,
             stable,
             canary,
         ));
@@ -150,7 +158,7 @@ fn share(hits: u64, trials: u64, side: f64) -> Estimate {
     }
 }
 
-fn error_increase(limit: f64, alpha: f64, side: f64, stable: &Totals, canary: &Totals) -> Check {
+fn error_increase(limit: f64, alpha: f64, side: f64, against: Variant, stable: &Totals, canary: &Totals) -> Check {
     let c = share(canary.server_errors, canary.requests, side);
     let s = share(stable.server_errors, stable.requests, side);
     let (low, high) = (c.lower - s.upper.unwrap_or(100.0), c.upper.unwrap_or(100.0) - s.lower);
@@ -162,7 +170,7 @@ fn error_increase(limit: f64, alpha: f64, side: f64, stable: &Totals, canary: &T
         Decision::Inconclusive => format!("between {low:.2} and {high:.2} points, {limit} allowed"),
     };
     let explanation = format!(
-        "canary 5xx {:.2} % of {} requests (bounds {:.2}–{:.2} %) vs stable {:.2} % of {} ({:.2}–{:.2} %): \
+        "canary 5xx {:.2} % of {} requests (bounds {:.2}–{:.2} %) vs {against} {:.2} % of {} ({:.2}–{:.2} %): \
          the increase is {verdict} (alpha {})",
         c.value,
         c.requests,
@@ -178,7 +186,8 @@ fn error_increase(limit: f64, alpha: f64, side: f64, stable: &Totals, canary: &T
         rule: Rule::ErrorRateIncrease,
         decision,
         canary: c,
-        stable: Some(s),
+        stable: (against != Variant::Baseline).then_some(s),
+        baseline: (against == Variant::Baseline).then_some(s),
         statistic,
         statistic_lower: low,
         statistic_upper: Some(high),
@@ -215,6 +224,7 @@ fn error_rate(limit: f64, alpha: f64, side: f64, canary: &Totals) -> Check {
         decision,
         canary: c,
         stable: None,
+        baseline: None,
         statistic: c.value,
         statistic_lower: c.lower,
         statistic_upper: c.upper,
@@ -289,7 +299,15 @@ fn show_bounds(low: Duration, high: Option<Duration>) -> String {
     )
 }
 
-fn latency_increase(limit: f64, q: f64, alpha: f64, side: f64, stable: &Totals, canary: &Totals) -> Check {
+fn latency_increase(
+    limit: f64,
+    q: f64,
+    alpha: f64,
+    side: f64,
+    against: Variant,
+    stable: &Totals,
+    canary: &Totals,
+) -> Check {
     let (c, c_low, c_high) = latency_estimate(canary, q, side);
     let (s, s_low, s_high) = latency_estimate(stable, q, side);
     let percent = |ratio: f64| (ratio - 1.0) * 100.0;
@@ -315,7 +333,7 @@ fn latency_increase(limit: f64, q: f64, alpha: f64, side: f64, stable: &Totals, 
         ),
     };
     let explanation = format!(
-        "canary {name} {} of {} requests (bounds {}) vs stable {} of {} ({}): the canary is {verdict} (alpha {})",
+        "canary {name} {} of {} requests (bounds {}) vs {against} {} of {} ({}): the canary is {verdict} (alpha {})",
         canary.quantile(q).map_or_else(|| "-".into(), show_latency),
         c.requests,
         show_bounds(c_low, c_high),
@@ -328,7 +346,8 @@ fn latency_increase(limit: f64, q: f64, alpha: f64, side: f64, stable: &Totals, 
         rule: Rule::LatencyIncrease,
         decision,
         canary: c,
-        stable: Some(s),
+        stable: (against != Variant::Baseline).then_some(s),
+        baseline: (against == Variant::Baseline).then_some(s),
         statistic: if s.value.is_finite() && s.value > 0.0 {
             percent(c.value / s.value)
         } else {
@@ -364,6 +383,7 @@ fn latency_ceiling(limit: Duration, alpha: f64, side: f64, canary: &Totals) -> C
         decision,
         canary: c,
         stable: None,
+        baseline: None,
         statistic: c.value,
         statistic_lower: ms(low),
         statistic_upper: high.map(ms),
@@ -384,7 +404,7 @@ fn round_alpha(alpha: f64) -> f64 {
 pub fn traffic_needed(a: &Analysis, alpha: f64, stable: &Totals, canary: &Totals) -> Option<f64> {
     let passes = |k: f64| {
         let (s, c) = (scaled(stable, k), scaled(canary, k));
-        judge(a, alpha, &s, &c)
+        judge(a, alpha, Variant::Stable, &s, &c)
             .iter()
             .all(|check| check.decision == Decision::Pass)
     };
@@ -445,7 +465,7 @@ mod tests {
     #[test]
     fn a_clear_regression_fails_with_its_numbers() {
         let a = analysis(RULES);
-        let checks = judge(&a, 0.01, &totals(9_000, 90, 5), &totals(1_000, 80, 5));
+        let checks = judge(&a, 0.01, Variant::Stable, &totals(9_000, 90, 5), &totals(1_000, 80, 5));
         assert_eq!(decisions(&checks), [(Rule::ErrorRateIncrease, Decision::Fail)]);
         let c = &checks[0];
         assert!(c.statistic_lower > 1.0 && (c.statistic - 7.0).abs() < 1e-9, "{c:?}");
@@ -461,9 +481,15 @@ mod tests {
     #[test]
     fn little_traffic_is_inconclusive_and_plenty_passes() {
         let a = analysis(RULES);
-        let few = judge(&a, 0.01, &totals(900, 9, 5), &totals(100, 3, 5));
+        let few = judge(&a, 0.01, Variant::Stable, &totals(900, 9, 5), &totals(100, 3, 5));
         assert_eq!(decisions(&few), [(Rule::ErrorRateIncrease, Decision::Inconclusive)]);
-        let many = judge(&a, 0.01, &totals(90_000, 900, 5), &totals(10_000, 100, 5));
+        let many = judge(
+            &a,
+            0.01,
+            Variant::Stable,
+            &totals(90_000, 900, 5),
+            &totals(10_000, 100, 5),
+        );
         assert_eq!(decisions(&many), [(Rule::ErrorRateIncrease, Decision::Pass)]);
         // Scaling the first to the second's traffic is what the projection finds.
         let k = traffic_needed(&a, 0.01, &totals(900, 9, 5), &totals(100, 1, 5)).unwrap();
@@ -472,19 +498,57 @@ mod tests {
     }
 
     #[test]
+    fn against_a_baseline_the_figures_and_the_sentence_name_it() {
+        let a =
+            analysis("{ alpha: 0.01, max_error_rate: null, max_error_rate_increase: 1, max_latency_increase: 20% }");
+        let checks = judge(
+            &a,
+            0.01,
+            Variant::Baseline,
+            &totals(2_000, 20, 5),
+            &totals(2_000, 200, 5),
+        );
+        let c = &checks[0];
+        assert_eq!((c.rule, c.decision), (Rule::ErrorRateIncrease, Decision::Fail));
+        assert!(
+            c.stable.is_none() && c.baseline.is_some_and(|b| b.requests == 2_000),
+            "{c:?}"
+        );
+        assert!(
+            c.explanation.contains("vs baseline 1.00 % of 2000"),
+            "{}",
+            c.explanation
+        );
+        let latency = &checks[1];
+        assert_eq!(latency.rule, Rule::LatencyIncrease);
+        assert!(latency.stable.is_none() && latency.baseline.is_some(), "{latency:?}");
+        assert!(latency.explanation.contains(" vs baseline "), "{}", latency.explanation);
+        // Serialised, the reference's figures are under its own name.
+        let json = serde_json::to_value(c).unwrap();
+        assert!(
+            json["stable"].is_null() && json["baseline"]["requests"] == 2_000,
+            "{json}"
+        );
+        let against_stable =
+            serde_json::to_value(&judge(&a, 0.01, Variant::Stable, &totals(2_000, 20, 5), &totals(2_000, 200, 5))[0])
+                .unwrap();
+        assert!(against_stable.get("baseline").is_none() && against_stable["stable"]["requests"] == 2_000);
+    }
+
+    #[test]
     fn errors_against_a_zero_error_baseline_fail() {
         // Kayenta's blind spot: a canary with errors against a stable without any.
         let a = analysis(RULES);
-        let checks = judge(&a, 0.01, &totals(20_000, 0, 5), &totals(2_000, 100, 5));
+        let checks = judge(&a, 0.01, Variant::Stable, &totals(20_000, 0, 5), &totals(2_000, 100, 5));
         assert_eq!(decisions(&checks), [(Rule::ErrorRateIncrease, Decision::Fail)]);
     }
 
     #[test]
     fn a_slower_canary_fails_the_latency_increase_rule() {
         let a = analysis("{ alpha: 0.01, max_error_rate: null, max_latency_increase: 20% }");
-        let same = judge(&a, 0.01, &totals(9_000, 0, 40), &totals(1_000, 0, 40));
+        let same = judge(&a, 0.01, Variant::Stable, &totals(9_000, 0, 40), &totals(1_000, 0, 40));
         assert_eq!(decisions(&same), [(Rule::LatencyIncrease, Decision::Pass)]);
-        let slower = judge(&a, 0.01, &totals(9_000, 0, 40), &totals(1_000, 0, 60));
+        let slower = judge(&a, 0.01, Variant::Stable, &totals(9_000, 0, 40), &totals(1_000, 0, 60));
         assert_eq!(
             decisions(&slower),
             [(Rule::LatencyIncrease, Decision::Fail)],
@@ -498,7 +562,7 @@ mod tests {
         // Five responses, one of them slow: the canary's p95 may be anywhere from 40 ms up.
         let mut few = totals(4, 0, 40);
         few.record(200, Duration::from_millis(60));
-        let few = judge(&a, 0.01, &totals(9_000, 0, 40), &few);
+        let few = judge(&a, 0.01, Variant::Stable, &totals(9_000, 0, 40), &few);
         assert_eq!(decisions(&few), [(Rule::LatencyIncrease, Decision::Inconclusive)]);
     }
 
@@ -510,10 +574,10 @@ mod tests {
         let a = analysis("{ alpha: 0.01, max_error_rate: null, max_latency_increase: 20% }");
         let (stable, canary) = (totals(9_000, 0, 40), totals(1_000, 0, 42));
         assert_eq!(
-            decisions(&judge(&a, 0.01, &stable, &canary)),
+            decisions(&judge(&a, 0.01, Variant::Stable, &stable, &canary)),
             [(Rule::LatencyIncrease, Decision::Pass)]
         );
-        let few = judge(&a, 0.01, &totals(90, 0, 40), &totals(10, 0, 42));
+        let few = judge(&a, 0.01, Variant::Stable, &totals(90, 0, 40), &totals(10, 0, 42));
         assert_eq!(decisions(&few), [(Rule::LatencyIncrease, Decision::Inconclusive)]);
         let k = traffic_needed(&a, 0.01, &totals(90, 0, 40), &totals(10, 0, 42));
         assert!(k.is_some_and(|k| k > 1.0 && k < 1_000.0), "{k:?}");
@@ -522,12 +586,18 @@ mod tests {
     #[test]
     fn the_absolute_rules_bound_the_canary_alone() {
         let a = analysis("{ alpha: 0.01, max_error_rate: 5, max_latency_p99: 500ms }");
-        let fine = judge(&a, 0.01, &Totals::default(), &totals(5_000, 50, 100));
+        let fine = judge(&a, 0.01, Variant::Stable, &Totals::default(), &totals(5_000, 50, 100));
         assert_eq!(
             decisions(&fine),
             [(Rule::ErrorRate, Decision::Pass), (Rule::Latency, Decision::Pass)]
         );
-        let bad = judge(&a, 0.01, &Totals::default(), &totals(5_000, 1_000, 900));
+        let bad = judge(
+            &a,
+            0.01,
+            Variant::Stable,
+            &Totals::default(),
+            &totals(5_000, 1_000, 900),
+        );
         assert_eq!(
             decisions(&bad),
             [(Rule::ErrorRate, Decision::Fail), (Rule::Latency, Decision::Fail)]

@@ -32,6 +32,9 @@ pub struct RouteStatus {
     pub stable: VariantStatus,
     /// Canary variant.
     pub canary: VariantStatus,
+    /// The baseline's traffic, when the route has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineStatus>,
     /// The last judgement of the analysis, when the route has one.
     pub analysis: Option<AnalysisStatus>,
 }
@@ -51,9 +54,24 @@ pub struct AnalysisStatus {
     pub stable: WindowFigures,
     /// The canary's figures over the window.
     pub canary: WindowFigures,
+    /// The baseline's figures over the window, when the route has one (the canary is then
+    /// judged against it rather than stable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<WindowFigures>,
     /// Sequential mode: each rule's figures since the rollout began, bounds and decision.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<crate::sequential::Check>,
+}
+
+/// A route's baseline: its share of the traffic (as much as the canary, as far as stable's
+/// share allows) and its variant figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BaselineStatus {
+    /// Percent of requests (or users) sent to the baseline.
+    pub weight: f64,
+    /// Its endpoints and traffic.
+    #[serde(flatten)]
+    pub variant: VariantStatus,
 }
 
 /// One variant's traffic over the analysis window.

@@ -105,7 +105,7 @@ impl ProxyMetrics {
         RouteMetrics {
             route: route.into(),
             families: self.clone(),
-            variants: [OnceLock::new(), OnceLock::new()],
+            variants: [OnceLock::new(), OnceLock::new(), OnceLock::new()],
         }
     }
 }
@@ -139,7 +139,7 @@ pub struct VariantCounts {
 pub(crate) struct RouteMetrics {
     route: Box<str>,
     families: ProxyMetrics,
-    variants: [OnceLock<VariantMetrics>; 2],
+    variants: [OnceLock<VariantMetrics>; 3],
 }
 
 impl std::fmt::Debug for RouteMetrics {

@@ -1,4 +1,5 @@
-//! A route as the data plane sees it: its weight, its two endpoint sets, its counters.
+//! A route as the data plane sees it: its shares, its endpoint sets (stable, canary and, when
+//! it has one, baseline), its counters.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,7 +12,7 @@ use crate::balancer::EndpointSet;
 use crate::headers::ClientInfo;
 use crate::metrics::{RouteMetrics, VariantCounts};
 use crate::running::Running;
-use crate::split::{self, Variant};
+use crate::split::{self, Shares, Variant};
 use crate::window::{self, Window};
 
 /// The variant decided for a request, and the cookie to set when a user key was minted.
@@ -25,7 +26,7 @@ pub(crate) struct Decision {
 #[derive(Debug)]
 pub struct Route {
     pub(crate) name: Box<str>,
-    pub(crate) weight_ppm: u32,
+    pub(crate) shares: Shares,
     pub(crate) salt: u64,
     pub(crate) affinity: Option<Affinity>,
     pub(crate) overrides: Overrides,
@@ -38,13 +39,16 @@ pub struct Route {
     pub(crate) max_body_bytes: u64,
     /// The `Strict-Transport-Security` value sent over TLS.
     pub(crate) hsts: Option<HeaderValue>,
-    pub(crate) variants: [EndpointSet; 2],
+    /// Indexed by `variant as usize`; the baseline's set is empty on a route without one.
+    pub(crate) variants: [EndpointSet; 3],
+    /// Whether the route has a baseline backend.
+    pub(crate) has_baseline: bool,
     /// Kept from table to table (series resolve once, on a variant's first request).
     pub(crate) metrics: Arc<RouteMetrics>,
-    /// Per-variant sliding windows, when the route has an analysis.
-    pub(crate) windows: Option<Arc<[Window; 2]>>,
-    /// Per-variant running totals, when the route has an analysis.
-    pub(crate) running: Option<Arc<[Running; 2]>>,
+    /// Per-variant sliding windows, when the route has an analysis (one per variant it has).
+    pub(crate) windows: Option<Arc<[Window]>>,
+    /// Per-variant running totals, when the route has an analysis (one per variant it has).
+    pub(crate) running: Option<Arc<[Running]>>,
 }
 
 impl Route {
@@ -57,14 +61,28 @@ impl Route {
         &self.variants[variant as usize]
     }
 
-    /// The sliding window of a variant, when the route has an analysis.
-    pub fn window(&self, variant: Variant) -> Option<&Window> {
-        self.windows.as_ref().map(|w| &w[variant as usize])
+    /// The variants this route has: stable and canary, and baseline when configured.
+    pub fn variants(&self) -> &'static [Variant] {
+        if self.has_baseline {
+            &Variant::ALL
+        } else {
+            &Variant::ALL[..2]
+        }
     }
 
-    /// The running totals of a variant, when the route has an analysis.
+    /// The canary's and the baseline's shares of the traffic.
+    pub fn shares(&self) -> Shares {
+        self.shares
+    }
+
+    /// The sliding window of a variant, when the route has an analysis and that variant.
+    pub fn window(&self, variant: Variant) -> Option<&Window> {
+        self.windows.as_ref().and_then(|w| w.get(variant as usize))
+    }
+
+    /// The running totals of a variant, when the route has an analysis and that variant.
     pub fn running(&self, variant: Variant) -> Option<&Running> {
-        self.running.as_ref().map(|r| &r[variant as usize])
+        self.running.as_ref().and_then(|r| r.get(variant as usize))
     }
 
     /// Totals of one variant since start (zero before its first request).
@@ -88,11 +106,11 @@ impl Route {
     pub fn observe(&self, variant: Variant, status: http::StatusCode, upstream_error: bool, started: Instant) {
         let latency = started.elapsed();
         self.metrics.response(variant, status, latency.as_secs_f64());
-        if let Some(w) = &self.windows {
-            w[variant as usize].record(window::second_of(started), status.as_u16(), upstream_error, latency);
+        if let Some(w) = self.window(variant) {
+            w.record(window::second_of(started), status.as_u16(), upstream_error, latency);
         }
-        if let Some(r) = &self.running {
-            r[variant as usize].record(status.as_u16(), latency);
+        if let Some(r) = self.running(variant) {
+            r.record(status.as_u16(), latency);
         }
     }
 
@@ -111,10 +129,10 @@ impl Route {
             return decided(forced);
         }
         let Some(affinity) = &self.affinity else {
-            return decided(split::weighted(self.weight_ppm));
+            return decided(split::weighted(self.shares));
         };
         let key = affinity::user_key(&affinity.key, headers, client, trusted);
-        let variant = split::sticky(self.weight_ppm, self.salt, key.bytes());
+        let variant = split::sticky(self.shares, self.salt, key.bytes());
         let set_cookie = match (&key, &affinity.key) {
             (UserKey::Minted(id), AffinityKey::Cookie(name)) => Some(affinity::set_cookie(
                 name,

@@ -13,6 +13,7 @@ use crate::endpoint::Endpoint;
 use crate::metrics::ProxyMetrics;
 use crate::route::Route;
 use crate::running::Running;
+use crate::split::Shares;
 use crate::upstream_tls::{ClientKey, TlsClients, UpstreamTls};
 use crate::window::Window;
 
@@ -230,7 +231,11 @@ impl RoutingTable {
             let state = live(r);
             let route = Arc::new(Route {
                 name: r.name.as_str().into(),
-                weight_ppm: state.weight.ppm(),
+                shares: if r.baseline.is_some() {
+                    Shares::with_baseline(state.weight.ppm())
+                } else {
+                    Shares::canary(state.weight.ppm())
+                },
                 salt: state.salt,
                 affinity: r.affinity.clone(),
                 overrides: r.overrides.clone(),
@@ -248,7 +253,15 @@ impl RoutingTable {
                     http::HeaderValue::from_str(&format!("max-age={}{sub}", h.max_age.as_secs()))
                         .expect("digits and ASCII make a header value")
                 }),
-                variants: [set(&r.stable, "stable")?, set(&r.canary, "canary")?],
+                variants: [
+                    set(&r.stable, "stable")?,
+                    set(&r.canary, "canary")?,
+                    match &r.baseline {
+                        Some(b) => set(b, "baseline")?,
+                        None => EndpointSet::new(Vec::new(), None),
+                    },
+                ],
+                has_baseline: r.baseline.is_some(),
                 metrics: previous
                     .and_then(|p| p.route(&r.name))
                     .map_or_else(|| Arc::new(metrics.for_route(&r.name)), |p| p.metrics.clone()),
@@ -341,25 +354,35 @@ impl RoutingTable {
 
 /// The route's windows: the previous table's when the window length is unchanged
 /// (so the analysis keeps its history across reloads), new ones otherwise.
-fn windows_for(route: &canary_config::Route, previous: Option<&RoutingTable>) -> Option<Arc<[Window; 2]>> {
+fn windows_for(route: &canary_config::Route, previous: Option<&RoutingTable>) -> Option<Arc<[Window]>> {
     let seconds = route.rollout.analysis.as_ref()?.window.as_secs().max(1);
     let kept = previous
         .and_then(|p| p.route(&route.name))
         .and_then(|r| r.windows.clone());
+    let variants = variant_count(route);
     match kept {
-        Some(w) if w[0].seconds() == seconds => Some(w),
-        _ => Some(Arc::new([Window::new(seconds), Window::new(seconds)])),
+        Some(w) if w[0].seconds() == seconds && w.len() == variants => Some(w),
+        _ => Some((0..variants).map(|_| Window::new(seconds)).collect()),
     }
+}
+
+/// Stable and canary, and the baseline when the route has one.
+fn variant_count(route: &canary_config::Route) -> usize {
+    2 + usize::from(route.baseline.is_some())
 }
 
 /// The route's running totals: the previous table's (a reload never restarts them), new ones
 /// for a route that just got an analysis.
-fn running_for(route: &canary_config::Route, previous: Option<&RoutingTable>) -> Option<Arc<[Running; 2]>> {
+fn running_for(route: &canary_config::Route, previous: Option<&RoutingTable>) -> Option<Arc<[Running]>> {
     route.rollout.analysis.as_ref()?;
     let kept = previous
         .and_then(|p| p.route(&route.name))
         .and_then(|r| r.running.clone());
-    Some(kept.unwrap_or_default())
+    let variants = variant_count(route);
+    match kept {
+        Some(r) if r.len() == variants => Some(r),
+        _ => Some((0..variants).map(|_| Running::default()).collect()),
+    }
 }
 
 /// Lower-cases a Host value into `buf` without allocating; strips the port and a trailing dot.
@@ -410,6 +433,7 @@ impl TableHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::split::Variant;
 
     fn table(yaml: &str) -> RoutingTable {
         let config = canary_config::parse(yaml).unwrap();
@@ -470,6 +494,45 @@ routes:
         assert_eq!(name(&t, "x", "/login?next=/"), Some("exact"));
         assert_eq!(name(&t, "x", "/login/"), Some("prefix"));
         assert_eq!(name(&t, "x", "/login/sso"), Some("prefix"));
+    }
+
+    #[test]
+    fn a_baseline_has_the_canary_s_share_its_own_counters_and_falls_back_to_stable() {
+        let yaml = |baseline: &str, weight: u32| {
+            format!(
+                "routes:\n  - name: app\n    stable: {{ endpoints: [\"127.0.0.1:1\"] }}\n    canary: {{ endpoints: [\"127.0.0.1:2\"] }}\n    baseline: {baseline}\n    weight: {weight}\n    rollout: {{ analysis: {{ alpha: 0.01 }} }}\n"
+            )
+        };
+        let t = table(&yaml("{ endpoints: [\"127.0.0.1:3\"] }", 10));
+        let r = t.route("app").unwrap();
+        assert_eq!(
+            r.shares(),
+            Shares {
+                canary: 100_000,
+                baseline: 100_000
+            }
+        );
+        assert_eq!(r.variants(), &Variant::ALL);
+        assert!(r.window(Variant::Baseline).is_some() && r.running(Variant::Baseline).is_some());
+        assert_eq!(r.serving_variant(Variant::Baseline), Some(Variant::Baseline));
+        let t = table(&yaml("{ endpoints: [\"127.0.0.1:3\"] }", 80));
+        assert_eq!(
+            t.route("app").unwrap().shares(),
+            Shares {
+                canary: 800_000,
+                baseline: 200_000
+            }
+        );
+        // A baseline with no endpoints (none discovered yet) sends its share to stable, the same version.
+        let t = table(&yaml("{ kubernetes: { service: app-baseline, port: 80 } }", 10));
+        let r = t.route("app").unwrap();
+        assert_eq!(r.serving_variant(Variant::Baseline), Some(Variant::Stable));
+        // Without a baseline: two variants, no baseline counters.
+        let t = table(&yaml("null", 10).replace("    baseline: null\n", ""));
+        let r = t.route("app").unwrap();
+        assert_eq!(r.shares(), Shares::canary(100_000));
+        assert_eq!(r.variants(), &Variant::ALL[..2]);
+        assert!(r.window(Variant::Baseline).is_none() && r.running(Variant::Baseline).is_none());
     }
 
     #[test]

@@ -9,6 +9,12 @@
 //! canary when `bucket < weight_ppm`. xxh3 is used with its default secret and seed 0.
 //! Because the test is `bucket < weight`, raising the weight only ever moves users
 //! from stable to canary, and lowering it only from canary to stable.
+//!
+//! A route with a baseline (fresh pods of the stable version, judged against the canary)
+//! gives it the next `baseline_ppm` buckets: baseline when
+//! `weight_ppm <= bucket < weight_ppm + baseline_ppm`. Whether a user sees the canary's
+//! version is still `bucket < weight_ppm` alone; the weight only moves users between
+//! baseline and stable pods, which run the same version.
 
 use std::fmt;
 
@@ -19,25 +25,29 @@ pub enum Variant {
     Stable = 0,
     /// The version being rolled out.
     Canary = 1,
+    /// Fresh pods of the stable version, as much traffic as the canary, to judge it against.
+    Baseline = 2,
 }
 
 impl Variant {
-    /// Both variants, indexable by `variant as usize`.
-    pub const ALL: [Variant; 2] = [Variant::Stable, Variant::Canary];
+    /// Every variant, indexable by `variant as usize`; a route without a baseline has the first two.
+    pub const ALL: [Variant; 3] = [Variant::Stable, Variant::Canary, Variant::Baseline];
 
     /// Lower-case name, as sent in `x-canary-variant` and metric labels.
     pub const fn as_str(self) -> &'static str {
         match self {
             Variant::Stable => "stable",
             Variant::Canary => "canary",
+            Variant::Baseline => "baseline",
         }
     }
 
-    /// The other variant (fallback target).
+    /// The variant a request falls back to when this one has no usable endpoint (the
+    /// baseline's is stable, the same version).
     pub const fn other(self) -> Variant {
         match self {
             Variant::Stable => Variant::Canary,
-            Variant::Canary => Variant::Stable,
+            Variant::Canary | Variant::Baseline => Variant::Stable,
         }
     }
 }
@@ -51,29 +61,62 @@ impl fmt::Display for Variant {
 /// Parts per million in 100 % (the config crate's, so weights and draws share one scale).
 pub use canary_config::PPM_SCALE;
 
-/// Canary when `draw < weight_ppm`, where `draw` is uniform in `0..1_000_000`.
-///
-/// Exact at the ends: weight 0 never picks canary, weight 1 000 000 always does.
-#[inline]
-pub fn by_draw(weight_ppm: u32, draw: u32) -> Variant {
-    if draw < weight_ppm {
-        Variant::Canary
-    } else {
-        Variant::Stable
+/// The canary's and the baseline's shares of a route's traffic, in ppm; the rest is stable's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shares {
+    /// The canary's weight.
+    pub canary: u32,
+    /// The baseline's share (0 without a baseline).
+    pub baseline: u32,
+}
+
+impl Shares {
+    /// A route without a baseline: the canary's weight, the rest to stable.
+    pub const fn canary(weight_ppm: u32) -> Shares {
+        Shares {
+            canary: weight_ppm,
+            baseline: 0,
+        }
+    }
+
+    /// A route with a baseline: it gets as much as the canary, as far as stable's share
+    /// allows (from 50 % on, stable's pods get nothing and the baseline the rest).
+    pub const fn with_baseline(weight_ppm: u32) -> Shares {
+        let canary = if weight_ppm < PPM_SCALE { weight_ppm } else { PPM_SCALE };
+        let rest = PPM_SCALE - canary;
+        Shares {
+            canary,
+            baseline: if canary < rest { canary } else { rest },
+        }
+    }
+
+    /// Canary when `draw < canary`, baseline in the next `baseline` draws, else stable; `draw`
+    /// is uniform in `0..1_000_000`. Exact at the ends: weight 0 never picks canary, weight
+    /// 1 000 000 always does.
+    #[inline]
+    pub fn by_draw(self, draw: u32) -> Variant {
+        if draw < self.canary {
+            Variant::Canary
+        } else if draw - self.canary < self.baseline {
+            Variant::Baseline
+        } else {
+            Variant::Stable
+        }
     }
 }
 
 /// Per-request weighted decision with the thread-local fast RNG (no locks, no allocation).
 #[inline]
-pub fn weighted(weight_ppm: u32) -> Variant {
-    // Short-circuit the common fully-stable / fully-promoted cases without drawing.
-    if weight_ppm == 0 {
+pub fn weighted(shares: Shares) -> Variant {
+    // Short-circuit the common fully-stable / fully-promoted cases without drawing (the
+    // baseline's share is 0 at both).
+    if shares.canary == 0 {
         return Variant::Stable;
     }
-    if weight_ppm >= PPM_SCALE {
+    if shares.canary >= PPM_SCALE {
         return Variant::Canary;
     }
-    by_draw(weight_ppm, fastrand::u32(0..PPM_SCALE))
+    shares.by_draw(fastrand::u32(0..PPM_SCALE))
 }
 
 /// The salt of a route's rollout `generation` (see the module doc).
@@ -101,8 +144,8 @@ pub fn bucket(salt: u64, key: &[u8]) -> u32 {
 
 /// Sticky decision for a user key.
 #[inline]
-pub fn sticky(weight_ppm: u32, salt: u64, key: &[u8]) -> Variant {
-    by_draw(weight_ppm, bucket(salt, key))
+pub fn sticky(shares: Shares, salt: u64, key: &[u8]) -> Variant {
+    shares.by_draw(bucket(salt, key))
 }
 
 #[cfg(test)]
@@ -119,12 +162,23 @@ mod tests {
             b in 0..=PPM_SCALE,
         ) {
             let (w1, w2) = (a.min(b), a.max(b));
-            if sticky(w1, salt, &key) == Variant::Canary {
-                prop_assert_eq!(sticky(w2, salt, &key), Variant::Canary);
+            if sticky(Shares::canary(w1), salt, &key) == Variant::Canary {
+                prop_assert_eq!(sticky(Shares::canary(w2), salt, &key), Variant::Canary);
             }
-            if sticky(w2, salt, &key) == Variant::Stable {
-                prop_assert_eq!(sticky(w1, salt, &key), Variant::Stable);
+            if sticky(Shares::canary(w2), salt, &key) == Variant::Stable {
+                prop_assert_eq!(sticky(Shares::canary(w1), salt, &key), Variant::Stable);
             }
+        }
+
+        #[test]
+        fn a_baseline_never_changes_who_sees_the_canary(
+            key in proptest::collection::vec(any::<u8>(), 0..300),
+            salt in any::<u64>(),
+            w in 0..=PPM_SCALE,
+        ) {
+            // Users only move between baseline and stable pods, which run the same version.
+            let plain = sticky(Shares::canary(w), salt, &key) == Variant::Canary;
+            prop_assert_eq!(sticky(Shares::with_baseline(w), salt, &key) == Variant::Canary, plain);
         }
 
         #[test]
@@ -151,7 +205,7 @@ mod tests {
             let canary = (0..n)
                 .filter(|_| {
                     let key = format!("{:032x}", rng.u128(..));
-                    sticky(ppm, salt, key.as_bytes()) == Variant::Canary
+                    sticky(Shares::canary(ppm), salt, key.as_bytes()) == Variant::Canary
                 })
                 .count() as f64;
             let p = percent / 100.0;
@@ -186,14 +240,16 @@ mod tests {
     #[test]
     fn ppm_arithmetic_at_one_ten_thousandth_of_a_percent() {
         // 0.0001 % = 1 ppm: exactly one draw value of the million picks canary.
-        let canary = (0..PPM_SCALE).filter(|&d| by_draw(1, d) == Variant::Canary).count();
+        let canary = (0..PPM_SCALE)
+            .filter(|&d| Shares::canary(1).by_draw(d) == Variant::Canary)
+            .count();
         assert_eq!(canary, 1);
         let canary = (0..PPM_SCALE)
-            .filter(|&d| by_draw(100_000, d) == Variant::Canary)
+            .filter(|&d| Shares::canary(100_000).by_draw(d) == Variant::Canary)
             .count();
         assert_eq!(canary, 100_000);
         let canary = (0..PPM_SCALE)
-            .filter(|&d| by_draw(999_999, d) == Variant::Canary)
+            .filter(|&d| Shares::canary(999_999).by_draw(d) == Variant::Canary)
             .count();
         assert_eq!(canary, 999_999);
     }
@@ -201,8 +257,10 @@ mod tests {
     #[test]
     fn ends_are_exact() {
         for _ in 0..100_000 {
-            assert_eq!(weighted(0), Variant::Stable);
-            assert_eq!(weighted(PPM_SCALE), Variant::Canary);
+            for shares in [Shares::canary, Shares::with_baseline] {
+                assert_eq!(weighted(shares(0)), Variant::Stable);
+                assert_eq!(weighted(shares(PPM_SCALE)), Variant::Canary);
+            }
         }
     }
 
@@ -212,7 +270,9 @@ mod tests {
         // thread's generator, seeded here so the run is repeatable.
         fastrand::seed(0x5eed);
         let n = 200_000u32;
-        let canary = (0..n).filter(|_| weighted(100_000) == Variant::Canary).count() as f64;
+        let canary = (0..n)
+            .filter(|_| weighted(Shares::canary(100_000)) == Variant::Canary)
+            .count() as f64;
         let expect = f64::from(n) * 0.1;
         let sd = (f64::from(n) * 0.1 * 0.9).sqrt();
         assert!(
@@ -220,5 +280,24 @@ mod tests {
             "canary {canary}, expected {expect} ± {}",
             BOUND_SD * sd
         );
+    }
+
+    #[test]
+    fn the_baseline_gets_the_canary_s_share_while_stable_has_it() {
+        let count = |shares: Shares, v: Variant| (0..PPM_SCALE).filter(|&d| shares.by_draw(d) == v).count();
+        for (weight, baseline) in [
+            (1, 1),
+            (100_000, 100_000),
+            (500_000, 500_000),
+            (750_000, 250_000),
+            (PPM_SCALE, 0),
+        ] {
+            let shares = Shares::with_baseline(weight);
+            assert_eq!(shares.baseline, baseline, "weight {weight}");
+            assert_eq!(count(shares, Variant::Canary), weight as usize);
+            assert_eq!(count(shares, Variant::Baseline), baseline as usize);
+            assert_eq!(count(shares, Variant::Stable), (PPM_SCALE - weight - baseline) as usize);
+        }
+        assert_eq!(Shares::with_baseline(0), Shares::canary(0));
     }
 }

@@ -281,6 +281,30 @@ mod tests {
     }
 
     #[test]
+    fn a_baseline_is_a_backend_of_its_own() {
+        let check = |baseline: &str| {
+            crate::parse(&format!(
+                "routes:\n  - name: app\n    stable: {{ endpoints: [\"10.0.0.1:80\"] }}\n    canary: {{ endpoints: [\"10.0.0.2:80\"] }}\n    baseline: {baseline}\n"
+            ))
+        };
+        let c = check("{ endpoints: [\"10.0.0.3:80\"] }").unwrap();
+        let b = c.routes[0].baseline.as_ref().expect("the baseline");
+        assert_eq!(b.endpoints[0].authority(), "10.0.0.3:80");
+        let names: Vec<&str> = c.routes[0].backends().map(|(v, _)| v).collect();
+        assert_eq!(names, ["stable", "canary", "baseline"]);
+        for (bad, field) in [
+            ("{}", "routes[0].baseline"),
+            ("{ endpoints: [\"nohost\"] }", "routes[0].baseline.endpoints[0]"),
+        ] {
+            let errs = check(bad).unwrap_err().field_errors();
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+            assert_eq!(errs[0].path, field, "{bad}: {errs:?}");
+        }
+        let plain = crate::parse("routes:\n  - name: app\n    stable: { endpoints: [\"10.0.0.1:80\"] }\n").unwrap();
+        assert!(plain.routes[0].baseline.is_none() && plain.routes[0].backends().count() == 2);
+    }
+
+    #[test]
     fn upstream_tls_fields() {
         let check = |yaml: &str| {
             let text =

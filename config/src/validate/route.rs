@@ -25,6 +25,16 @@ pub(super) fn route_body(
 ) -> Route {
     let stable = backend(errs, &format!("{at}.stable"), &r.stable);
     let canary = backend(errs, &format!("{at}.canary"), &r.canary);
+    let baseline = r.baseline.as_ref().map(|b| {
+        let at = format!("{at}.baseline");
+        if b.endpoints.is_empty() && b.kubernetes.is_none() {
+            errs.push(
+                at.clone(),
+                "a baseline needs endpoints (or a kubernetes source); remove it to judge against stable",
+            );
+        }
+        backend(errs, &at, b)
+    });
     let weight = match Weight::from_percent(r.weight) {
         Ok(w) => w,
         Err(e) => {
@@ -47,6 +57,7 @@ pub(super) fn route_body(
         path_exact: r.path_exact,
         stable,
         canary,
+        baseline,
         weight,
         affinity,
         overrides,

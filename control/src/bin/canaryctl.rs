@@ -241,6 +241,12 @@ fn print_routes(out: Output, routes: &[RouteStatus]) {
             format!("{}/{}", r.stable.requests, r.stable.server_errors),
             format!("{}/{}", r.canary.requests, r.canary.server_errors),
         );
+        if let Some(b) = &r.baseline {
+            println!(
+                "  baseline {}% of traffic, {}/{} req/5xx (the canary is judged against it)",
+                b.weight, b.variant.requests, b.variant.server_errors
+            );
+        }
         // The verdict explains itself: each rule's figures, bounds and decision.
         if let Some(a) = &r.analysis {
             match &a.reason {

@@ -12,7 +12,7 @@ pub(super) struct Gauges {
     weight_ppm: u32,
     phase: Phase,
     /// (healthy, total) per variant, when the route is in the table.
-    endpoints: [Option<(usize, usize)>; 2],
+    endpoints: [Option<(usize, usize)>; 3],
 }
 
 impl Controller {
@@ -51,7 +51,11 @@ impl Controller {
             let now = Gauges {
                 weight_ppm: state.weight_ppm,
                 phase: state.rollout.phase,
-                endpoints: Variant::ALL.map(|v| served.map(|r| r.healthy_endpoints(v))),
+                endpoints: Variant::ALL.map(|v| {
+                    served
+                        .filter(|r| r.variants().contains(&v))
+                        .map(|r| r.healthy_endpoints(v))
+                }),
             };
             let last = published.get(&route.name);
             if last.map(|g| (g.weight_ppm, g.phase)) != Some((now.weight_ppm, now.phase)) {

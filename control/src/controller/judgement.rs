@@ -145,7 +145,13 @@ impl Controller {
                     .map(|w| w.totals(second, a.window.as_secs()))
                     .unwrap_or_default()
             };
-            let (stable, canary) = (totals(Variant::Stable), totals(Variant::Canary));
+            // With a baseline, the canary is judged against it and stable is only shown.
+            let against = if route.baseline.is_some() {
+                Variant::Baseline
+            } else {
+                Variant::Stable
+            };
+            let (stable, canary, reference) = (totals(Variant::Stable), totals(Variant::Canary), totals(against));
             if state.rollout.phase == Phase::Aborted && judged.last.as_ref().is_some_and(|l| l.verdict == "fail") {
                 // The judgement that aborted stays on show until the next rollout.
                 continue;
@@ -155,7 +161,7 @@ impl Controller {
                 && !matches!(state.rollout.phase, Phase::Aborted | Phase::Promoted);
             let since_rollout = a
                 .alpha
-                .and_then(|_| since_rollout(judged, &table, &route.name, state.generation));
+                .and_then(|_| since_rollout(judged, &table, &route.name, against, state.generation));
             let judgement = if !active {
                 None
             } else {
@@ -164,7 +170,7 @@ impl Controller {
                     Some(check) => fresh_reading(readings.get(&route.name), check),
                 };
                 let since = since_rollout.as_ref().map(|[s, c]| (s, c));
-                let mut j = analysis::judge(a, &stable, &canary, since, &prom);
+                let mut j = analysis::judge(a, against, &reference, &canary, since, &prom);
                 if let (Verdict::Inconclusive(why), Some((s, c)), Some(alpha)) = (&mut j.verdict, since, a.alpha) {
                     why.push_str(&needed(a, alpha, s, c, &canary));
                 }
@@ -197,6 +203,7 @@ impl Controller {
                 window_seconds: a.window.as_secs(),
                 stable: figures(&stable),
                 canary: figures(&canary),
+                baseline: (against == Variant::Baseline).then(|| figures(&reference)),
                 checks: judgement.as_ref().map(|j| j.checks.clone()).unwrap_or_default(),
             };
             judged.last = Some(status.clone());
@@ -359,14 +366,18 @@ impl Controller {
     }
 }
 
-/// Both variants' totals since the rollout `generation` was first judged (the start is taken
-/// now when it was not yet, or when the route's counters were rebuilt).
-fn since_rollout(judged: &mut Judged, table: &RoutingTable, route: &str, generation: u64) -> Option<[Totals; 2]> {
+/// The totals of `against` (stable or the baseline) and of the canary since the rollout
+/// `generation` was first judged (the start is taken now when it was not yet, or when the
+/// route's counters were rebuilt).
+fn since_rollout(
+    judged: &mut Judged,
+    table: &RoutingTable,
+    route: &str,
+    against: Variant,
+    generation: u64,
+) -> Option<[Totals; 2]> {
     let route = table.route(route)?;
-    let now = [
-        route.running(Variant::Stable)?.read(),
-        route.running(Variant::Canary)?.read(),
-    ];
+    let now = [route.running(against)?.read(), route.running(Variant::Canary)?.read()];
     if let Some((g, start)) = &judged.rollout_start {
         if *g == generation {
             if let (Some(s), Some(c)) = (now[0].since(&start[0]), now[1].since(&start[1])) {

@@ -7,7 +7,7 @@ use canary_config::Weight;
 use canary_proxy::window::WindowTotals;
 use canary_proxy::{split, RoutingTable, Variant};
 
-use crate::status::{AnalysisStatus, RouteStatus, VariantStatus, WindowFigures};
+use crate::status::{AnalysisStatus, BaselineStatus, RouteStatus, VariantStatus, WindowFigures};
 
 use super::{Controller, Inner};
 
@@ -61,6 +61,10 @@ impl Controller {
             last_reason: state.last_reason.clone(),
             stable: variant(Variant::Stable, config.stable.endpoints.len()),
             canary: variant(Variant::Canary, config.canary.endpoints.len()),
+            baseline: config.baseline.as_ref().map(|b| BaselineStatus {
+                weight: Weight::from_ppm(split::Shares::with_baseline(state.weight_ppm).baseline).percent(),
+                variant: variant(Variant::Baseline, b.endpoints.len()),
+            }),
             analysis: config.rollout.analysis.as_ref().map(|a| {
                 inner
                     .judged
@@ -97,6 +101,7 @@ fn idle(window: Duration) -> AnalysisStatus {
         window_seconds: window.as_secs(),
         stable: empty,
         canary: empty,
+        baseline: None,
         checks: Vec::new(),
     }
 }

@@ -69,6 +69,10 @@ pub struct CanaryRouteSpec {
     /// The canary backends; absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<BackendSpec>,
+    /// Fresh pods of the stable version, sent as much traffic as the canary, for the analysis to
+    /// judge the canary against instead of stable; absent: judged against stable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BackendSpec>,
     /// Initial canary weight in percent (0..100, four decimals at most); a change here is applied as an operator's edit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<f64>,
@@ -391,7 +395,7 @@ impl CanaryRoute {
         let mut value = serde_json::to_value(&self.spec).expect("a CanaryRoute spec serialises");
         snake_case_keys(&mut value);
         let route = value.as_object_mut().expect("a spec is an object");
-        for variant in ["stable", "canary"] {
+        for variant in ["stable", "canary", "baseline"] {
             if let Some(source) = route
                 .get_mut(variant)
                 .and_then(|b| b.get_mut("kubernetes"))

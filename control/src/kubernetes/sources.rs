@@ -233,16 +233,18 @@ impl ClusterSources {
         let wanted: BTreeSet<SourceKey> = config
             .routes
             .iter()
-            .flat_map(|r| [&r.stable, &r.canary])
-            .filter_map(|b| b.kubernetes.as_ref().map(|k| key(&k.namespace, &k.target)))
+            .flat_map(|r| r.backends())
+            .filter_map(|(_, b)| b.kubernetes.as_ref().map(|k| key(&k.namespace, &k.target)))
             .collect();
         self.discovery.ensure(&wanted);
         let mut discovered = Vec::new();
         for route in &mut config.routes {
-            for (variant, backend) in [
-                (Variant::Stable, &mut route.stable),
-                (Variant::Canary, &mut route.canary),
-            ] {
+            let backends = [
+                (Variant::Stable, Some(&mut route.stable)),
+                (Variant::Canary, Some(&mut route.canary)),
+                (Variant::Baseline, route.baseline.as_mut()),
+            ];
+            for (variant, backend) in backends.into_iter().filter_map(|(v, b)| Some((v, b?))) {
                 let Some(k) = &backend.kubernetes else { continue };
                 let source = key(&k.namespace, &k.target);
                 let resolved = self.discovery.resolve(&source);
