@@ -1,6 +1,7 @@
 //! The sequential analysis (`alpha`) through the real binary at 50 requests a second: a canary
 //! 5 points worse than stable is aborted and the verdict explains itself everywhere it is
-//! shown; a canary identical to stable is left alone for two minutes.
+//! shown; a canary identical to stable is left alone for two minutes. With a baseline, the
+//! canary is judged against it, not against stable.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -64,9 +65,19 @@ async fn webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
 
 /// Sends 50 requests a second to the proxy until `until` says stop or `limit` has passed.
 async fn paced_load(proxy: &Canaryd, limit: Duration, until: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    load_every(proxy, Duration::from_millis(20), limit, until).await
+}
+
+/// Sends a request every `period` until `until` says stop or `limit` has passed.
+async fn load_every(
+    proxy: &Canaryd,
+    period: Duration,
+    limit: Duration,
+    until: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let client = Client::new();
     let started = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut tick = tokio::time::interval(period);
     let mut last_check = Instant::now();
     let mut s = status(proxy).await;
     while started.elapsed() < limit {
@@ -191,4 +202,118 @@ async fn an_identical_canary_is_not_aborted_in_two_minutes() {
         );
     }
     assert!(canary.count() > 300, "the canary got {} requests", canary.count());
+}
+
+/// Fresh pods are worse than long-running ones (here 10 % 5xx against stable's 0 %): judged
+/// against stable, a canary as good as a fresh stable pod would be aborted; judged against a
+/// baseline of fresh stable pods it is not, and a canary really worse than the baseline is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_baseline_the_canary_is_judged_against_fresh_pods_not_stable() {
+    let (stable, canary, baseline) = (
+        Backend::new("stable").start().await,
+        Backend::new("canary").start().await,
+        Backend::new("baseline").start().await,
+    );
+    canary.fail_every(10);
+    baseline.fail_every(10);
+    let (hook, bodies) = webhook().await;
+    let rules = "{ window: 60s, alpha: 0.01, max_error_rate: null, max_error_rate_increase: 1";
+    let proxy = Canaryd::start(&Canaryd::config(&format!(
+        "routes:\n  - name: app\n    stable: {{ endpoints: [\"{}\"] }}\n    canary: {{ endpoints: [\"{}\"] }}\n    \
+         baseline: {{ endpoints: [\"{}\"] }}\n    weight: 10\n    rollout:\n      analysis: {rules}, webhook: \"{hook}\" }}\n",
+        stable.endpoint(),
+        canary.endpoint(),
+        baseline.endpoint()
+    )));
+    // The same rules judged against stable, on the counts the status shows.
+    let config = canary_config::parse(&format!(
+        "routes:\n  - name: app\n    stable: {{ endpoints: [\"127.0.0.1:1\"] }}\n    rollout:\n      analysis: {rules} }}\n"
+    ))
+    .unwrap();
+    let a = config.routes[0].rollout.analysis.clone().unwrap();
+    let totals = |v: &serde_json::Value| {
+        let mut t = canary_proxy::running::Totals::default();
+        let (n, errors) = (v["requests"].as_u64().unwrap(), v["server_errors"].as_u64().unwrap());
+        for i in 0..n {
+            t.record(if i < errors { 500 } else { 200 }, Duration::from_millis(1));
+        }
+        t
+    };
+    let against_stable_fails = |s: &serde_json::Value| {
+        let checks = canary_control::sequential::judge(
+            &a,
+            0.01,
+            canary_proxy::Variant::Stable,
+            &totals(&s["stable"]),
+            &totals(&s["canary"]),
+        );
+        checks[0].decision == canary_control::sequential::Decision::Fail
+    };
+
+    // 200 requests a second: 10 % canary, 10 % baseline, 80 % stable.
+    let period = Duration::from_millis(5);
+    let started = Instant::now();
+    let s = load_every(&proxy, period, Duration::from_secs(90), |s| {
+        s["phase"] == "Aborted" || against_stable_fails(s)
+    })
+    .await;
+    eprintln!(
+        "judged against stable the canary would fail after {:?}",
+        started.elapsed()
+    );
+    assert!(against_stable_fails(&s), "{s}");
+    assert_ne!(s["phase"], "Aborted", "aborted against the baseline: {s}");
+    // Ten more judgements against the baseline, and still no abort.
+    let s = load_every(&proxy, period, Duration::from_secs(10), |s| s["phase"] == "Aborted").await;
+    assert_ne!(s["phase"], "Aborted", "aborted against the baseline: {s}");
+    assert!(bodies.lock().unwrap().is_empty());
+    assert_eq!(s["baseline"]["weight"], 10.0, "{s}");
+    let check = &s["analysis"]["checks"][0];
+    assert_eq!(check["rule"], "error_rate_increase", "{s}");
+    assert_ne!(check["decision"], "fail", "{check}");
+    assert!(
+        check["stable"].is_null() && check["baseline"]["requests"].as_u64().unwrap() > 0,
+        "{check}"
+    );
+    assert!(
+        check["explanation"].as_str().unwrap().contains(" vs baseline "),
+        "{check}"
+    );
+    assert!(s["analysis"]["baseline"]["requests"].as_u64().unwrap() > 0, "{s}");
+    // The baseline gets the canary's share, taken from stable's (binomial bounds, 4.42 sd).
+    let n = ["stable", "canary", "baseline"].map(|v| s[v]["requests"].as_u64().unwrap() as f64);
+    let total: f64 = n.iter().sum();
+    for (count, share) in [(n[0], 0.8), (n[1], 0.1), (n[2], 0.1)] {
+        let sd = (total * share * (1.0 - share)).sqrt();
+        assert!((count - total * share).abs() <= 4.42 * sd, "{n:?} of {total}: {s}");
+    }
+
+    // Now the canary is really worse than the baseline (50 % 5xx against 10 %).
+    canary.fail_every(2);
+    let worse = Instant::now();
+    let s = load_every(&proxy, period, Duration::from_secs(60), |s| s["phase"] == "Aborted").await;
+    eprintln!(
+        "aborted {:?} after the canary got worse: {}",
+        worse.elapsed(),
+        s["last_reason"]
+    );
+    assert_eq!(s["phase"], "Aborted", "{s}");
+    let reason = s["last_reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("analysis: canary 5xx ") && reason.contains(" vs baseline "),
+        "{reason}"
+    );
+    assert!(s["baseline"]["weight"] == 0.0 && s["weight"] == 0.0, "{s}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while bodies.lock().unwrap().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = bodies.lock().unwrap().first().cloned().expect("the webhook was called");
+    assert_eq!(body["reason"].as_str(), Some(reason));
+    let failed = body["analysis"]["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["decision"] == "fail"))
+        .cloned()
+        .unwrap_or_else(|| panic!("{body}"));
+    assert!(failed["baseline"]["requests"].as_u64().unwrap() > 0, "{failed}");
 }
