@@ -567,3 +567,79 @@ async fn a_rival_status_write_between_read_and_write_is_retried_on_fresh_state()
     assert!((lo..=hi).contains(&to_canary), "{to_canary} of 400 to the canary");
     bed.assert_canaryd_allowed_and_listed();
 }
+
+/// A CanaryRoute with a baseline and the sequential analysis: a canary that fails where the
+/// baseline (fresh stable pods) does not is aborted, and the Kubernetes Event on the object
+/// carries the same explained verdict as the route status and the audit entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_against_the_baseline_explains_itself_in_the_kubernetes_event() {
+    if !testbed::in_pod_network("an_abort_against_the_baseline_explains_itself_in_the_kubernetes_event") {
+        return;
+    }
+    let stable = Backend::new("stable").start().await;
+    let baseline = Backend::new("baseline").start().await;
+    let canary = Backend::new("canary").start().await;
+    canary.fail_every(2);
+    let (bed, admin) = bed_with(&[canary_route(
+        "prod",
+        "web",
+        json!({
+            "hosts": [WEB],
+            "stable": {"endpoints": [stable.endpoint()]},
+            "canary": {"endpoints": [canary.endpoint()]},
+            "baseline": {"endpoints": [baseline.endpoint()]},
+            "weight": 20,
+            "rollout": {"analysis": {"alpha": 0.01, "maxErrorRateIncrease": 1, "maxErrorRate": 50, "failuresBeforeAbort": 1}}
+        }),
+    )])
+    .await;
+    let (proxy, _dir) = replica(&bed, &admin, &replica_config()).await;
+    wait_ready(&proxy).await;
+    let s = route_status(&proxy, "web").await;
+    assert_eq!(s["baseline"]["weight"], json!(20.0), "{s}");
+    let client = Client::new();
+    let started = Instant::now();
+    while route_status(&proxy, "web").await["phase"] != json!("Aborted") {
+        assert!(started.elapsed() < Duration::from_secs(60), "not aborted");
+        for _ in 0..50 {
+            let _ = client.get(proxy.addr, WEB, "/").await;
+        }
+    }
+    let s = route_status(&proxy, "web").await;
+    let reason = s["last_reason"].as_str().unwrap().to_string();
+    eprintln!("aborted after {:?}: {reason}", started.elapsed());
+    assert!(
+        reason.starts_with("analysis: canary 5xx ")
+            && reason.contains(" vs baseline ")
+            && reason.contains("allowed (alpha "),
+        "{reason}"
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), "prod");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let event = loop {
+        let found = events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| {
+                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("web")
+                    && e.reason.as_deref() == Some("Abort")
+            });
+        match found {
+            Some(e) => break e,
+            None if Instant::now() > deadline => panic!("no Abort Event on the CanaryRoute"),
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    let note = event.note.unwrap_or_default();
+    assert!(
+        note.ends_with(&format!("by analysis: {reason}")),
+        "Event note {note:?}, reason {reason:?}"
+    );
+    let o = object(&admin, "web").await;
+    assert_eq!(o["status"]["phase"], json!("Aborted"), "{}", o["status"]);
+    bed.assert_canaryd_allowed_and_listed();
+}
