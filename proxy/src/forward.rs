@@ -209,63 +209,67 @@ impl Proxy {
         response
     }
 
-    /// Forwards a routed request to `route`'s `decided` variant, in phases: the variant that
-    /// can serve, the upstream request, the exchange (with one retry elsewhere when safe), the
-    /// response.
+    /// Sends the request to an endpoint of the decided variant (or the other one as a
+    /// fallback); returns the response and how it came about.
     async fn forward(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         client: &ClientInfo,
         route: &Route,
         decided: Variant,
         settings: &Settings,
     ) -> (Response<ProxyBody>, Outcome) {
+        let no_endpoints = |counted| {
+            let outcome = Outcome {
+                counted,
+                served: false,
+                upstream_error: false,
+            };
+            (
+                reply(ProxyError::NoEndpoints {
+                    route: route.name.clone(),
+                }),
+                outcome,
+            )
+        };
         let Some(variant) = route.serving_variant(decided) else {
-            return no_endpoints(route, decided);
+            return no_endpoints(decided);
         };
-        let upstream = match upstream_request(req, client, route, variant, settings) {
-            Ok(upstream) => upstream,
-            Err(refused) => {
-                let outcome = Outcome {
-                    counted: variant,
-                    served: false,
-                    upstream_error: false,
-                };
-                return (reply(refused), outcome);
-            }
-        };
-        let UpstreamRequest {
-            parts,
-            body,
-            client_upgrade,
-            replay,
-        } = upstream;
-        let Some(attempt) = self
-            .exchange_with_retry(route, variant, parts, body, replay, settings)
-            .await
-        else {
-            return no_endpoints(route, variant);
-        };
-        response(route, variant, attempt, client_upgrade)
-    }
 
-    /// The exchange with one endpoint of `variant`, and, when the connection (or its TLS
-    /// handshake) failed and the request can be replayed, with a second one. `None`: the
-    /// variant has no endpoint to pick.
-    async fn exchange_with_retry(
-        &self,
-        route: &Route,
-        variant: Variant,
-        parts: Parts,
-        body: Limited<IdleBody>,
-        replay: Option<(Method, Uri, http::HeaderMap)>,
-        settings: &Settings,
-    ) -> Option<Attempt> {
+        let client_upgrade = (req.version() == Version::HTTP_11 && headers::is_websocket_upgrade(req.headers()))
+            .then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let limit = route.max_body_bytes;
+        if limit > 0 && content_length(&parts.headers).is_some_and(|n| n > limit) {
+            let outcome = Outcome {
+                counted: variant,
+                served: false,
+                upstream_error: false,
+            };
+            return (
+                reply(ProxyError::TooLarge {
+                    route: route.name.clone(),
+                    limit,
+                }),
+                outcome,
+            );
+        }
+        let body = IdleBody::new(body, settings.body_idle_timeout);
+        let body = Limited::new(body, if limit == 0 { usize::MAX } else { limit as usize });
+        prepare_upstream_headers(&mut parts, client, variant, client_upgrade.is_some());
+
         let eps = route.endpoints(variant);
-        let first = eps.pick(None)?;
+        // Only a request with no body and no side effects can go to a second endpoint.
+        let replay =
+            (is_idempotent(&parts.method) && body.is_end_stream() && client_upgrade.is_none() && eps.len() > 1)
+                .then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
+
+        let Some(first) = eps.pick(None) else {
+            return no_endpoints(variant);
+        };
         let tls = eps.tls();
-        let mut attempt = self.exchange(first, tls, parts, Either::Left(body), settings).await;
-        if let (Err(failure @ (Failure::Connect | Failure::Tls)), Some((method, uri, headers))) = (&attempt, replay) {
+        let mut outcome = self.exchange(first, tls, parts, Either::Left(body), settings).await;
+        if let (Err(failure @ (Failure::Connect | Failure::Tls)), Some((method, uri, headers))) = (&outcome, replay) {
             let reason = if matches!(failure, Failure::Tls) {
                 UpstreamErrorReason::Tls
             } else {
@@ -278,12 +282,111 @@ impl Proxy {
                 parts.uri = uri;
                 parts.headers = headers;
                 parts.version = Version::HTTP_11;
-                attempt = self
+                outcome = self
                     .exchange(second, tls, parts, Either::Right(Empty::new()), settings)
                     .await;
             }
         }
-        Some(attempt)
+
+        let served = Outcome {
+            counted: variant,
+            served: true,
+            upstream_error: false,
+        };
+        // No usable upstream answer: counted by reason, answered by the proxy.
+        let upstream_failed = |reason, err| {
+            route.metrics.upstream_error(variant, reason);
+            let failed = Outcome {
+                upstream_error: true,
+                ..served
+            };
+            (reply(err), failed)
+        };
+        let response = match outcome {
+            Ok((mut resp, in_flight, conn)) => {
+                in_flight.endpoint().record_success();
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    match client_upgrade {
+                        // The switch the client asked for: the connection becomes the tunnel,
+                        // never back to the pool.
+                        Some(client_upgrade) if headers::is_websocket_upgrade(resp.headers()) => {
+                            drop(conn);
+                            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, in_flight));
+                            let (parts, _) = resp.into_parts();
+                            return (
+                                Response::from_parts(parts, Either::Right(Full::new(Bytes::new()))),
+                                served,
+                            );
+                        }
+                        // RFC 9110 §15.2.2: no switch unless the request asked for it, and only to
+                        // a protocol it offered (HTTP/2 never). The upstream connection, now in an
+                        // unknown protocol, is dropped with the response.
+                        _ => {
+                            drop((resp, conn));
+                            let err = ProxyError::UnrequestedUpgrade {
+                                route: route.name.clone(),
+                                variant,
+                            };
+                            return upstream_failed(UpstreamErrorReason::Upgrade, err);
+                        }
+                    }
+                }
+                let (mut parts, body) = resp.into_parts();
+                if parts.headers.contains_key(http::header::TRANSFER_ENCODING)
+                    && parts.headers.contains_key(http::header::CONTENT_LENGTH)
+                {
+                    // Ambiguous framing from the backend: never pass on a length that may lie.
+                    let err = ProxyError::Upstream {
+                        route: route.name.clone(),
+                        variant,
+                    };
+                    return upstream_failed(UpstreamErrorReason::Protocol, err);
+                }
+                headers::strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, Either::Left(TrackedBody::new(body, in_flight, conn)))
+            }
+            Err(failure) => {
+                let name = route.name.clone();
+                let (reason, err) = match failure {
+                    Failure::BodyStalled => {
+                        let err = ProxyError::BodyStalled { route: name };
+                        return (
+                            reply(err),
+                            Outcome {
+                                served: false,
+                                ..served
+                            },
+                        );
+                    }
+                    Failure::TooLarge => {
+                        let err = ProxyError::TooLarge { route: name, limit };
+                        return (
+                            reply(err),
+                            Outcome {
+                                served: false,
+                                ..served
+                            },
+                        );
+                    }
+                    Failure::Connect => (
+                        UpstreamErrorReason::Connect,
+                        ProxyError::Connect { route: name, variant },
+                    ),
+                    Failure::Tls => (UpstreamErrorReason::Tls, ProxyError::Tls { route: name, variant }),
+                    Failure::Timeout => (
+                        UpstreamErrorReason::Timeout,
+                        ProxyError::Timeout { route: name, variant },
+                    ),
+                    Failure::Protocol => (
+                        UpstreamErrorReason::Protocol,
+                        ProxyError::Upstream { route: name, variant },
+                    ),
+                };
+                return upstream_failed(reason, err);
+            }
+        };
+        (response, served)
     }
 
     /// One attempt against one endpoint (over TLS with the variant's client when it has
@@ -338,167 +441,6 @@ impl Proxy {
             Err(_) => Err(Failure::Timeout),
         }
     }
-}
-
-/// One upstream attempt's result: the response headers with the endpoint's in-flight guard
-/// and the connection, or how it failed.
-type Attempt = Result<(Response<Incoming>, InFlight, UpstreamConn), Failure>;
-
-/// A request made ready for the upstream: limited body, upstream headers, the client's
-/// upgrade, and what a replay on a second endpoint needs (only for a bodiless idempotent
-/// request).
-struct UpstreamRequest {
-    parts: Parts,
-    body: Limited<IdleBody>,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    replay: Option<(Method, Uri, http::HeaderMap)>,
-}
-
-/// The 503 of a route whose variant (and its fallback) has no endpoint.
-fn no_endpoints(route: &Route, counted: Variant) -> (Response<ProxyBody>, Outcome) {
-    let outcome = Outcome {
-        counted,
-        served: false,
-        upstream_error: false,
-    };
-    let err = ProxyError::NoEndpoints {
-        route: route.name.clone(),
-    };
-    (reply(err), outcome)
-}
-
-/// The request as the upstream gets it, or the 413 of a declared body over the route's limit.
-fn upstream_request(
-    mut req: Request<Incoming>,
-    client: &ClientInfo,
-    route: &Route,
-    variant: Variant,
-    settings: &Settings,
-) -> Result<UpstreamRequest, ProxyError> {
-    let client_upgrade = (req.version() == Version::HTTP_11 && headers::is_websocket_upgrade(req.headers()))
-        .then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
-    let limit = route.max_body_bytes;
-    if limit > 0 && content_length(&parts.headers).is_some_and(|n| n > limit) {
-        return Err(ProxyError::TooLarge {
-            route: route.name.clone(),
-            limit,
-        });
-    }
-    let body = IdleBody::new(body, settings.body_idle_timeout);
-    let body = Limited::new(body, if limit == 0 { usize::MAX } else { limit as usize });
-    prepare_upstream_headers(&mut parts, client, variant, client_upgrade.is_some());
-    // Only a request with no body and no side effects can go to a second endpoint.
-    let replay = (is_idempotent(&parts.method)
-        && body.is_end_stream()
-        && client_upgrade.is_none()
-        && route.endpoints(variant).len() > 1)
-        .then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
-    Ok(UpstreamRequest {
-        parts,
-        body,
-        client_upgrade,
-        replay,
-    })
-}
-
-/// The client's response from the attempt: the upstream's (a WebSocket switch becomes a
-/// tunnel), or the proxy's answer to a failure, counted by reason.
-fn response(
-    route: &Route,
-    variant: Variant,
-    attempt: Attempt,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-) -> (Response<ProxyBody>, Outcome) {
-    let served = Outcome {
-        counted: variant,
-        served: true,
-        upstream_error: false,
-    };
-    // No usable upstream answer: counted by reason, answered by the proxy.
-    let upstream_failed = |reason, err| {
-        route.metrics.upstream_error(variant, reason);
-        let failed = Outcome {
-            upstream_error: true,
-            ..served
-        };
-        (reply(err), failed)
-    };
-    let not_served = Outcome {
-        served: false,
-        ..served
-    };
-    let (mut resp, in_flight, conn) = match attempt {
-        Ok(ok) => ok,
-        Err(failure) => {
-            let name = route.name.clone();
-            let (reason, err) = match failure {
-                Failure::BodyStalled => return (reply(ProxyError::BodyStalled { route: name }), not_served),
-                Failure::TooLarge => {
-                    let limit = route.max_body_bytes;
-                    return (reply(ProxyError::TooLarge { route: name, limit }), not_served);
-                }
-                Failure::Connect => (
-                    UpstreamErrorReason::Connect,
-                    ProxyError::Connect { route: name, variant },
-                ),
-                Failure::Tls => (UpstreamErrorReason::Tls, ProxyError::Tls { route: name, variant }),
-                Failure::Timeout => (
-                    UpstreamErrorReason::Timeout,
-                    ProxyError::Timeout { route: name, variant },
-                ),
-                Failure::Protocol => (
-                    UpstreamErrorReason::Protocol,
-                    ProxyError::Upstream { route: name, variant },
-                ),
-            };
-            return upstream_failed(reason, err);
-        }
-    };
-    in_flight.endpoint().record_success();
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        match client_upgrade {
-            // The switch the client asked for: the connection becomes the tunnel, never back
-            // to the pool.
-            Some(client_upgrade) if headers::is_websocket_upgrade(resp.headers()) => {
-                drop(conn);
-                let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                tokio::spawn(tunnel(client_upgrade, upstream_upgrade, in_flight));
-                let (parts, _) = resp.into_parts();
-                return (
-                    Response::from_parts(parts, Either::Right(Full::new(Bytes::new()))),
-                    served,
-                );
-            }
-            // RFC 9110 §15.2.2: no switch unless the request asked for it, and only to a
-            // protocol it offered (HTTP/2 never). The upstream connection, now in an unknown
-            // protocol, is dropped with the response.
-            _ => {
-                drop((resp, conn));
-                let err = ProxyError::UnrequestedUpgrade {
-                    route: route.name.clone(),
-                    variant,
-                };
-                return upstream_failed(UpstreamErrorReason::Upgrade, err);
-            }
-        }
-    }
-    let (mut parts, body) = resp.into_parts();
-    if parts.headers.contains_key(http::header::TRANSFER_ENCODING)
-        && parts.headers.contains_key(http::header::CONTENT_LENGTH)
-    {
-        // Ambiguous framing from the backend: never pass on a length that may lie.
-        let err = ProxyError::Upstream {
-            route: route.name.clone(),
-            variant,
-        };
-        return upstream_failed(UpstreamErrorReason::Protocol, err);
-    }
-    headers::strip_hop_by_hop(&mut parts.headers);
-    (
-        Response::from_parts(parts, Either::Left(TrackedBody::new(body, in_flight, conn))),
-        served,
-    )
 }
 
 /// The host a request is for: the target's authority (absolute-form or HTTP/2) wins over `Host`.
