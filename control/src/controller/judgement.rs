@@ -151,7 +151,10 @@ impl Controller {
             } else {
                 Variant::Stable
             };
-            let (stable, canary, reference) = (totals(Variant::Stable), totals(Variant::Canary), totals(against));
+            let (stable, canary) = (totals(Variant::Stable), totals(Variant::Canary));
+            // Stable's totals are summed once; only a baseline needs a third sum.
+            let baseline = (against == Variant::Baseline).then(|| totals(Variant::Baseline));
+            let reference = baseline.as_ref().unwrap_or(&stable);
             if state.rollout.phase == Phase::Aborted && judged.last.as_ref().is_some_and(|l| l.verdict == "fail") {
                 // The judgement that aborted stays on show until the next rollout.
                 continue;
@@ -170,7 +173,7 @@ impl Controller {
                     Some(check) => fresh_reading(readings.get(&route.name), check),
                 };
                 let since = since_rollout.as_ref().map(|[s, c]| (s, c));
-                let mut j = analysis::judge(a, against, &reference, &canary, since, &prom);
+                let mut j = analysis::judge(a, against, reference, &canary, since, &prom);
                 if let (Verdict::Inconclusive(why), Some((s, c)), Some(alpha)) = (&mut j.verdict, since, a.alpha) {
                     why.push_str(&needed(a, alpha, s, c, &canary));
                 }
@@ -203,7 +206,7 @@ impl Controller {
                 window_seconds: a.window.as_secs(),
                 stable: figures(&stable),
                 canary: figures(&canary),
-                baseline: (against == Variant::Baseline).then(|| figures(&reference)),
+                baseline: baseline.as_ref().map(figures),
                 checks: judgement.as_ref().map(|j| j.checks.clone()).unwrap_or_default(),
             };
             judged.last = Some(status.clone());
