@@ -5,20 +5,27 @@
 
 mod claims;
 mod error;
+mod field_path;
 mod model;
 pub mod path;
 mod raw;
+mod route_spec;
 mod validate;
 mod weight;
 
 pub use claims::{Matcher, RouteClaims};
 pub use error::{ConfigError, FieldError};
+pub use field_path::{FieldCase, FieldPath};
 pub use model::{
     Admin, Affinity, AffinityKey, Analysis, Backend, CertificateFiles, CertificateSecret, Config, Endpoint,
     HeaderMatch, HostPattern, Hsts, KubeSource, KubeTarget, Kubernetes, Limits, Listen, Overrides, PassiveHealth,
     PortRef, PrometheusCheck, Route, State, Timeouts, Tls, UpstreamTls,
 };
 pub use path::{EncodedSlashes, PathError, PathOptions};
+pub use route_spec::{
+    AffinityKeySpec, AffinitySpec, AnalysisSpec, BackendSpec, HstsSpec, KubeSourceSpec, OverrideSpec, PercentSpec,
+    PortSpec, PrometheusSpec, RolloutSpec, RouteSpec, UpstreamTlsSpec,
+};
 pub use weight::{Weight, WeightError, PPM_SCALE};
 
 /// Parses and validates a YAML config document, collecting every semantic error.
@@ -32,22 +39,4 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         }
     })?;
     validate::validate(raw).map_err(ConfigError::Invalid)
-}
-
-/// Parses and validates one route written as JSON in the config file's shape (a route
-/// built from a CanaryRoute or an Ingress). Error paths start with `at`. Overlaps with
-/// other routes are not checked here.
-pub fn parse_route(value: serde_json::Value, at: &str, default_max_body_bytes: u64) -> Result<Route, ConfigError> {
-    let raw: raw::RawRoute = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        ConfigError::Syntax {
-            path: if path == "." {
-                at.to_string()
-            } else {
-                format!("{at}.{path}")
-            },
-            message: e.into_inner().to_string(),
-        }
-    })?;
-    validate::single_route(raw, at, default_max_body_bytes).map_err(ConfigError::Invalid)
 }

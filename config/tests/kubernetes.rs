@@ -1,6 +1,8 @@
 //! Kubernetes sources, ingress-nginx style header matches, exact paths and single routes.
 
-use canary_config::{parse, parse_route, HeaderMatch, KubeTarget, PortRef};
+use canary_config::{
+    parse, AnalysisSpec, BackendSpec, FieldCase, FieldPath, HeaderMatch, KubeTarget, PortRef, RolloutSpec, RouteSpec,
+};
 
 fn errors(yaml: &str) -> Vec<String> {
     match parse(yaml) {
@@ -124,28 +126,40 @@ routes:
 
 #[test]
 fn single_route_errors_carry_the_given_path() {
-    let route = parse_route(
-        serde_json::json!({"name": "web", "hosts": ["web.example"], "stable": {"endpoints": ["10.0.0.1:80"]}, "weight": 12.5}),
-        "CanaryRoute prod/web: spec",
-        0,
-    )
-    .unwrap();
+    let spec_at = FieldPath::new("CanaryRoute prod/web: spec", FieldCase::Camel);
+    let name_at = FieldPath::new("CanaryRoute prod/web: metadata.name", FieldCase::Camel);
+    let mut spec = RouteSpec::new("web", BackendSpec::default());
+    spec.stable.endpoints = vec!["10.0.0.1:80".into()];
+    spec.hosts = vec!["web.example".into()];
+    spec.weight = 12.5;
+    let route = spec.clone().build(&spec_at, &name_at, 0).unwrap();
     assert_eq!(route.weight.ppm(), 125_000);
-    let err = parse_route(
-        serde_json::json!({"name": "web", "stable": {"endpoints": []}, "weight": 120}),
-        "CanaryRoute prod/web: spec",
-        0,
-    )
-    .unwrap_err();
-    assert!(
-        err.to_string().starts_with("CanaryRoute prod/web: spec.weight:"),
-        "{err}"
-    );
-    let err = parse_route(
-        serde_json::json!({"name": "web", "stable": {}, "wieght": 1}),
-        "CanaryRoute prod/web: spec",
-        0,
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("unknown field `wieght`"), "{err}");
+    assert_eq!(route.max_body_bytes, 0);
+
+    spec.weight = 120.0;
+    spec.name = "Web_1".into();
+    spec.rollout = Some(RolloutSpec {
+        analysis: Some(AnalysisSpec {
+            failures_before_abort: 0,
+            ..AnalysisSpec::default()
+        }),
+        ..RolloutSpec::default()
+    });
+    spec.overrides.header = None;
+    spec.overrides.header_value = Some("yes".into());
+    let paths: Vec<String> = spec
+        .build(&spec_at, &name_at, 0)
+        .unwrap_err()
+        .into_iter()
+        .map(|e| e.to_string())
+        .collect();
+    for want in [
+        "CanaryRoute prod/web: metadata.name: ",
+        "CanaryRoute prod/web: spec.weight: ",
+        "CanaryRoute prod/web: spec.rollout.analysis.failuresBeforeAbort: ",
+        "CanaryRoute prod/web: spec.override.header: headerValue and headerPattern need a header name",
+    ] {
+        assert!(paths.iter().any(|p| p.starts_with(want)), "{want:?} not in {paths:#?}");
+    }
+    assert_eq!(paths.len(), 4, "{paths:#?}");
 }

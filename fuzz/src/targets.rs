@@ -28,8 +28,9 @@ pub fn config(data: &[u8]) {
             check_config_routes(&config);
         }
     }
-    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) {
-        let _ = canary_config::parse_route(value, "routes[0]", 1024);
+    if let Ok(spec) = serde_json::from_slice::<canary_config::RouteSpec>(data) {
+        let at = canary_config::FieldPath::new("routes[0]", canary_config::FieldCase::Snake);
+        let _ = spec.build(&at, &at.field("name"), 1024);
     }
 }
 

@@ -38,7 +38,7 @@ pub(super) fn kubernetes(errs: &mut Errors, raw: &RawKubernetes) -> Kubernetes {
             format!("{:?} is not a Lease name", raw.lease_name),
         );
     }
-    let lease_duration = duration(errs, &format!("{at}.lease_duration"), &raw.lease_duration);
+    let lease_duration = duration(errs, format!("{at}.lease_duration"), &raw.lease_duration);
     if lease_duration < Duration::from_secs(2) {
         errs.push(format!("{at}.lease_duration"), "must be at least 2s");
     }
@@ -53,28 +53,28 @@ pub(super) fn kubernetes(errs: &mut Errors, raw: &RawKubernetes) -> Kubernetes {
     }
 }
 
-pub(super) fn kube_source(errs: &mut Errors, at: &str, raw: &RawKubeSource) -> Option<KubeSource> {
+pub(super) fn kube_source(errs: &mut Errors, at: &FieldPath, raw: &KubeSourceSpec) -> Option<KubeSource> {
     if let Some(ns) = &raw.namespace {
         if !dns_label(ns) {
-            errs.push(format!("{at}.namespace"), format!("{ns:?} is not a namespace name"));
+            errs.push(at.field("namespace"), format!("{ns:?} is not a namespace name"));
         }
     }
     let target = match (&raw.service, &raw.selector, &raw.port) {
         (Some(_), Some(_), _) | (None, None, _) => {
-            errs.push(at.to_string(), "give exactly one of service or selector");
+            errs.push(at, "give exactly one of service or selector");
             return None;
         }
         (Some(name), None, port) => {
             if !dns_label(name) {
-                errs.push(format!("{at}.service"), format!("{name:?} is not a Service name"));
+                errs.push(at.field("service"), format!("{name:?} is not a Service name"));
             }
             let port = match port {
-                RawPort::Number(n) => PortRef::Number(port_number(errs, at, *n)?),
-                RawPort::Name(n) if dns_label(n) && n.len() <= 15 => PortRef::Name(n.clone()),
-                RawPort::Name(n) => match n.parse::<u32>() {
+                PortSpec::Number(n) => PortRef::Number(port_number(errs, at, *n)?),
+                PortSpec::Name(n) if dns_label(n) && n.len() <= 15 => PortRef::Name(n.clone()),
+                PortSpec::Name(n) => match n.parse::<u32>() {
                     Ok(num) => PortRef::Number(port_number(errs, at, num)?),
                     Err(_) => {
-                        errs.push(format!("{at}.port"), format!("{n:?} is not a port name or number"));
+                        errs.push(at.field("port"), format!("{n:?} is not a port name or number"));
                         return None;
                     }
                 },
@@ -86,15 +86,15 @@ pub(super) fn kube_source(errs: &mut Errors, at: &str, raw: &RawKubeSource) -> O
         }
         (None, Some(selector), port) => {
             if let Err(m) = label_selector(selector) {
-                errs.push(format!("{at}.selector"), m);
+                errs.push(at.field("selector"), m);
             }
             let port = match port {
-                RawPort::Number(n) => port_number(errs, at, *n)?,
-                RawPort::Name(n) => match n.parse::<u32>() {
+                PortSpec::Number(n) => port_number(errs, at, *n)?,
+                PortSpec::Name(n) => match n.parse::<u32>() {
                     Ok(num) => port_number(errs, at, num)?,
                     Err(_) => {
                         errs.push(
-                            format!("{at}.port"),
+                            at.field("port"),
                             format!("{n:?}: a selector source needs a port number (Pods have no named Service port)"),
                         );
                         return None;
@@ -113,11 +113,11 @@ pub(super) fn kube_source(errs: &mut Errors, at: &str, raw: &RawKubeSource) -> O
     })
 }
 
-pub(super) fn port_number(errs: &mut Errors, at: &str, n: u32) -> Option<u16> {
+pub(super) fn port_number(errs: &mut Errors, at: &FieldPath, n: u32) -> Option<u16> {
     match u16::try_from(n) {
         Ok(p) if p > 0 => Some(p),
         _ => {
-            errs.push(format!("{at}.port"), format!("{n} is not a port number (1..65535)"));
+            errs.push(at.field("port"), format!("{n} is not a port number (1..65535)"));
             None
         }
     }

@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use crate::claims::{Matcher, RouteClaims};
 use crate::error::FieldError;
+use crate::field_path::{FieldCase, FieldPath};
 use crate::model::*;
 use crate::path::{EncodedSlashes, PathOptions};
 use crate::raw::*;
+use crate::route_spec::*;
 use crate::Weight;
 
 mod analysis;
@@ -136,17 +138,17 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
 }
 
 /// Every route, with its name and its host + path matchers each held once.
-fn routes(errs: &mut Errors, raw_routes: Vec<RawRoute>, default_max_body_bytes: u64) -> Vec<Route> {
+fn routes(errs: &mut Errors, raw_routes: Vec<RouteSpec>, default_max_body_bytes: u64) -> Vec<Route> {
     let mut routes = Vec::with_capacity(raw_routes.len());
     // Names and host + path matchers held so far, by route index.
     let mut claims: RouteClaims<usize> = RouteClaims::default();
     for (i, r) in raw_routes.into_iter().enumerate() {
-        let at = format!("routes[{i}]");
+        let at = FieldPath::new(format!("routes[{i}]"), FieldCase::Snake);
         if let Err(m) = route_name(&r.name) {
-            errs.push(format!("{at}.name"), m);
+            errs.push(at.field("name"), m);
         } else if let Some(first) = claims.name_holder(&r.name) {
             errs.push(
-                format!("{at}.name"),
+                at.field("name"),
                 format!("{:?} is already the name of routes[{first}]", r.name),
             );
         }
@@ -154,7 +156,7 @@ fn routes(errs: &mut Errors, raw_routes: Vec<RawRoute>, default_max_body_bytes: 
         let path_prefix = match path_prefix(&r.path_prefix) {
             Ok(p) => p,
             Err(m) => {
-                errs.push(format!("{at}.path_prefix"), m);
+                errs.push(at.field("path_prefix"), m);
                 String::new()
             }
         };
@@ -166,7 +168,7 @@ fn routes(errs: &mut Errors, raw_routes: Vec<RawRoute>, default_max_body_bytes: 
         for m in &matchers {
             if let Some(other) = claims.matcher_holder(m) {
                 errs.push(
-                    format!("{at}.path_prefix"),
+                    at.field("path_prefix"),
                     format!(
                         "{} with prefix {path_prefix:?} is already served by routes[{other}]",
                         m.host_shown()

@@ -31,12 +31,12 @@ pub(super) fn cookie_name(name: &str) -> Result<(), String> {
     }
 }
 
-pub(super) fn socket_addr(errs: &mut Errors, path: &str, text: &str) -> Option<SocketAddr> {
+pub(super) fn socket_addr(errs: &mut Errors, path: impl AsRef<str>, text: &str) -> Option<SocketAddr> {
     match text.parse() {
         Ok(a) => Some(a),
         Err(_) => {
             errs.push(
-                path,
+                path.as_ref(),
                 format!("{text:?} is not an address like 0.0.0.0:8080 or [::]:8080"),
             );
             None
@@ -44,15 +44,18 @@ pub(super) fn socket_addr(errs: &mut Errors, path: &str, text: &str) -> Option<S
     }
 }
 
-pub(super) fn duration(errs: &mut Errors, path: &str, text: &str) -> Duration {
+pub(super) fn duration(errs: &mut Errors, path: impl AsRef<str>, text: &str) -> Duration {
     match humantime::parse_duration(text) {
         Ok(d) if d.is_zero() => {
-            errs.push(path, "must be longer than zero");
+            errs.push(path.as_ref(), "must be longer than zero");
             d
         }
         Ok(d) => d,
         Err(e) => {
-            errs.push(path, format!("{text:?} is not a duration like 500ms, 2s or 5m ({e})"));
+            errs.push(
+                path.as_ref(),
+                format!("{text:?} is not a duration like 500ms, 2s or 5m ({e})"),
+            );
             Duration::ZERO
         }
     }

@@ -7,7 +7,7 @@ pub(super) fn certificate_hosts(errs: &mut Errors, at: &str, raw: &[String]) -> 
     if raw.is_empty() {
         errs.push(format!("{at}.hosts"), "list the hosts this certificate answers for");
     }
-    hosts(errs, at, raw)
+    hosts(errs, &FieldPath::new(at, FieldCase::Snake), raw)
 }
 
 pub(super) fn tls(errs: &mut Errors, raw: &RawTls) -> Tls {

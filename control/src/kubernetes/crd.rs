@@ -10,7 +10,7 @@
 //! older than the installed CRD must still read new objects); [`CanaryRoute::from_value_strict`]
 //! refuses them for files checked outside a cluster.
 
-use canary_config::{ConfigError, FieldError, Route};
+use canary_config::{ConfigError, FieldCase, FieldError, FieldPath, Route};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
@@ -391,29 +391,12 @@ impl CanaryRoute {
             .namespace
             .as_deref()
             .unwrap_or(default_namespace_for_sources);
-        let at = format!("CanaryRoute {ns}/{name}: spec");
-        let mut value = serde_json::to_value(&self.spec).expect("a CanaryRoute spec serialises");
-        snake_case_keys(&mut value);
-        let route = value.as_object_mut().expect("a spec is an object");
-        for variant in ["stable", "canary", "baseline"] {
-            if let Some(source) = route
-                .get_mut(variant)
-                .and_then(|b| b.get_mut("kubernetes"))
-                .and_then(Value::as_object_mut)
-            {
-                source.entry("namespace").or_insert_with(|| ns.into());
-            }
-        }
-        if let Some(o) = route.get_mut("override").and_then(Value::as_object_mut) {
-            for key in ["header", "cookie"] {
-                if o.get(key).and_then(Value::as_str) == Some("") {
-                    o.insert(key.into(), Value::Null);
-                }
-            }
-        }
-        route.insert("name".into(), name.into());
-        canary_config::parse_route(value, &at, default_max_body_bytes)
-            .map_err(|e| camel_case_error(e, &at, &format!("CanaryRoute {ns}/{name}: metadata.name")))
+        let at = FieldPath::new(format!("CanaryRoute {ns}/{name}: spec"), FieldCase::Camel);
+        let name_at = FieldPath::new(format!("CanaryRoute {ns}/{name}: metadata.name"), FieldCase::Camel);
+        self.spec
+            .to_route_spec(name, ns)
+            .build(&at, &name_at, default_max_body_bytes)
+            .map_err(ConfigError::Invalid)
     }
 
     /// Reads a CanaryRoute document strictly, as `canaryd check` would: a wrong `apiVersion` or `kind`, a wrong
@@ -493,125 +476,6 @@ fn unknown_fields(given: &Value, known: &Value, at: &str, out: &mut Vec<FieldErr
     }
 }
 
-/// Renames every object key from camelCase to snake_case (the spec holds no user-named keys).
-fn snake_case_keys(value: &mut Value) {
-    match value {
-        Value::Object(map) => {
-            let old = std::mem::take(map);
-            for (key, mut v) in old {
-                snake_case_keys(&mut v);
-                map.insert(snake_case(&key), v);
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(snake_case_keys),
-        _ => {}
-    }
-}
-
-fn snake_case(key: &str) -> String {
-    let mut out = String::with_capacity(key.len() + 4);
-    for c in key.chars() {
-        if c.is_ascii_uppercase() {
-            out.push('_');
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn camel_case(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    let mut upper = false;
-    for c in key.chars() {
-        if c == '_' {
-            upper = true;
-        } else if upper {
-            out.push(c.to_ascii_uppercase());
-            upper = false;
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Rewrites an error of [`canary_config::parse_route`] in the CRD's words: camelCase paths below `at`, snake_case
-/// field names in messages camelCased, `spec.name` as `metadata.name`.
-fn camel_case_error(error: ConfigError, at: &str, name_path: &str) -> ConfigError {
-    let path = |p: String| {
-        if p == format!("{at}.name") {
-            return name_path.to_string();
-        }
-        match p.strip_prefix(at) {
-            Some(rest) => format!("{at}{}", camel_case(rest)),
-            None => p,
-        }
-    };
-    match error {
-        ConfigError::Syntax { path: p, message } => ConfigError::Syntax {
-            path: path(p),
-            message: camel_case_words(&message),
-        },
-        ConfigError::Invalid(errors) => ConfigError::Invalid(
-            errors
-                .into_iter()
-                .map(|e| FieldError {
-                    path: path(e.path),
-                    message: camel_case_words(&e.message),
-                })
-                .collect(),
-        ),
-    }
-}
-
-/// camelCases the snake_case words of `text` that are spec field names (`header_value`), leaving values
-/// such as `client_ip` alone.
-fn camel_case_words(text: &str) -> String {
-    let fields = spec_field_names();
-    let mut out = String::with_capacity(text.len());
-    let mut word = String::new();
-    let flush = |word: &mut String, out: &mut String| {
-        if word.contains('_') && fields.contains(&camel_case(word)) {
-            out.push_str(&camel_case(word));
-        } else {
-            out.push_str(word);
-        }
-        word.clear();
-    };
-    for c in text.chars() {
-        if c.is_ascii_alphanumeric() || c == '_' {
-            word.push(c);
-        } else {
-            flush(&mut word, &mut out);
-            out.push(c);
-        }
-    }
-    flush(&mut word, &mut out);
-    out
-}
-
-/// Every property name in the spec's schema.
-fn spec_field_names() -> Vec<String> {
-    fn walk(v: &Value, out: &mut Vec<String>) {
-        match v {
-            Value::Object(map) => {
-                if let Some(Value::Object(props)) = map.get("properties") {
-                    out.extend(props.keys().cloned());
-                }
-                map.values().for_each(|v| walk(v, out));
-            }
-            Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
-            _ => {}
-        }
-    }
-    let schema = serde_json::to_value(schemars::schema_for!(CanaryRouteSpec)).unwrap_or_default();
-    let mut out = Vec::new();
-    walk(&schema, &mut out);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -647,22 +511,5 @@ mod tests {
         let object = CanaryRoute::from_value_strict(value).unwrap();
         let route = object.to_route("default", 0).unwrap();
         assert_eq!(route.rollout.analysis.and_then(|a| a.alpha), Some(0.01));
-    }
-
-    #[test]
-    fn case_conversions_round_trip() {
-        for (camel, snake) in [
-            ("maxErrorRateIncrease", "max_error_rate_increase"),
-            ("maxLatencyP99", "max_latency_p99"),
-            ("override", "override"),
-            ("includeSubdomains", "include_subdomains"),
-        ] {
-            assert_eq!(snake_case(camel), snake);
-            assert_eq!(camel_case(snake), camel);
-        }
-        assert_eq!(
-            camel_case_words("header_value and header_pattern need a header name; not used with key: client_ip"),
-            "headerValue and headerPattern need a header name; not used with key: client_ip"
-        );
     }
 }

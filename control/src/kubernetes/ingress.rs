@@ -10,10 +10,11 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
-use canary_config::Route;
+use canary_config::{
+    BackendSpec, FieldCase, FieldError, FieldPath, KubeSourceSpec, OverrideSpec, PortSpec, Route, RouteSpec,
+};
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use serde_json::{json, Value};
 
 /// Legacy class annotation, still set by many charts (GitLab Auto DevOps among them).
 const CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
@@ -145,18 +146,16 @@ pub fn routes_from_ingresses(ingresses: &[Ingress], class: &str, default_max_bod
                 )
             };
             let name = unique_name(&base, &identity, &names);
-            let value = json!({
-                "name": name,
-                "hosts": if pair.key.host.is_empty() { vec![] } else { vec![pair.key.host.clone()] },
-                "path_prefix": pair.path,
-                "path_exact": pair.key.exact,
-                "stable": backend,
-                "canary": { "endpoints": [] },
-                "weight": 0,
-                // ingress-nginx has no override unless a canary annotation asks for one.
-                "override": { "header": null, "cookie": null },
-            });
-            match canary_config::parse_route(value.clone(), &format!("Ingress {obj}"), default_max_body_bytes) {
+            let mut spec = RouteSpec::new(name.clone(), backend);
+            if !pair.key.host.is_empty() {
+                spec.hosts = vec![pair.key.host.clone()];
+            }
+            spec.path_prefix = pair.path;
+            spec.path_exact = pair.key.exact;
+            // ingress-nginx has no override unless a canary annotation asks for one.
+            spec.overrides.header = None;
+            spec.overrides.cookie = None;
+            match build(spec.clone(), &format!("Ingress {obj}"), default_max_body_bytes) {
                 Ok(route) => {
                     names.insert(name);
                     claims.insert(pair.key, entries.len());
@@ -164,7 +163,7 @@ pub fn routes_from_ingresses(ingresses: &[Ingress], class: &str, default_max_bod
                         stable: obj.clone(),
                         index: pair.index,
                         at: pair.at,
-                        value,
+                        spec,
                         route,
                         canary: None,
                     });
@@ -209,11 +208,11 @@ pub fn routes_from_ingresses(ingresses: &[Ingress], class: &str, default_max_bod
                 ));
                 continue;
             }
-            let mut value = entry.value.clone();
-            value["canary"] = backend;
-            value["weight"] = json!(settings.weight_percent());
-            value["override"] = settings.overrides();
-            match canary_config::parse_route(value, &format!("canary Ingress {obj}"), default_max_body_bytes) {
+            let mut spec = entry.spec.clone();
+            spec.canary = backend;
+            spec.weight = settings.weight_percent();
+            spec.overrides = settings.overrides();
+            match build(spec, &format!("canary Ingress {obj}"), default_max_body_bytes) {
                 Ok(route) => {
                     entry.route = route;
                     entry.canary = Some(obj.clone());
@@ -264,12 +263,12 @@ pub fn routes_from_ingresses(ingresses: &[Ingress], class: &str, default_max_bod
     }
 }
 
-/// A route being built: the stable Ingress's path, its JSON (to add a canary to) and the validated route.
+/// A route being built: the stable Ingress's path, its spec (to add a canary to) and the validated route.
 struct Entry {
     stable: ObjectRef,
     index: usize,
     at: String,
-    value: Value,
+    spec: RouteSpec,
     route: Route,
     canary: Option<ObjectRef>,
 }
@@ -301,7 +300,7 @@ struct Pair {
     /// The path as written (`/` when absent).
     path: String,
     /// The `stable`/`canary` backend JSON, or why there is none.
-    backend: Result<Value, String>,
+    backend: Result<BackendSpec, String>,
 }
 
 /// Every (host, path) of an Ingress in rule order, then `spec.defaultBackend` as any host, prefix `/`.
@@ -357,7 +356,7 @@ fn pairs(namespace: &str, ingress: &Ingress) -> Vec<Pair> {
 }
 
 /// The route backend of an Ingress backend: the Service's EndpointSlices at its port.
-fn backend(namespace: &str, backend: &IngressBackend) -> Result<Value, String> {
+fn backend(namespace: &str, backend: &IngressBackend) -> Result<BackendSpec, String> {
     if let Some(r) = &backend.resource {
         return Err(format!(
             "backend is a resource ({} {}); only Service backends can be proxied to",
@@ -368,11 +367,22 @@ fn backend(namespace: &str, backend: &IngressBackend) -> Result<Value, String> {
         return Err("backend names no Service".into());
     };
     let port = match &service.port {
-        Some(p) if p.number.is_some() => json!(p.number),
-        Some(p) if p.name.as_deref().is_some_and(|n| !n.is_empty()) => json!(p.name),
+        // A negative number is refused by the port's validation, named as written.
+        Some(p) if p.number.is_some() => {
+            let n = p.number.unwrap_or_default();
+            u32::try_from(n).map_or_else(|_| PortSpec::Name(n.to_string()), PortSpec::Number)
+        }
+        Some(p) if p.name.as_deref().is_some_and(|n| !n.is_empty()) => {
+            PortSpec::Name(p.name.clone().unwrap_or_default())
+        }
         _ => return Err(format!("backend Service {} has no port name or number", service.name)),
     };
-    Ok(json!({ "kubernetes": { "namespace": namespace, "service": service.name, "port": port } }))
+    Ok(BackendSpec::kubernetes(KubeSourceSpec {
+        namespace: Some(namespace.to_string()),
+        service: Some(service.name.clone()),
+        selector: None,
+        port,
+    }))
 }
 
 /// A path as routes keep it: no trailing `/` except the root.
@@ -401,16 +411,16 @@ impl CanarySettings {
         f64::from(self.weight_ppm) / 10_000.0
     }
 
-    /// The route's `override` JSON.
-    fn overrides(&self) -> Value {
-        let mut o = json!({ "header": self.header, "cookie": self.cookie });
-        // As ingress-nginx documents, an exact value wins over a pattern; the pattern is then not even checked.
-        if let Some(v) = &self.header_value {
-            o["header_value"] = json!(v);
-        } else if let Some(p) = &self.header_pattern {
-            o["header_pattern"] = json!(p);
+    /// The route's overrides.
+    fn overrides(&self) -> OverrideSpec {
+        OverrideSpec {
+            enabled: true,
+            header: self.header.clone(),
+            header_value: self.header_value.clone(),
+            // As ingress-nginx documents, an exact value wins over a pattern; the pattern is then not even checked.
+            header_pattern: self.header_pattern.clone().filter(|_| self.header_value.is_none()),
+            cookie: self.cookie.clone(),
         }
-        o
     }
 }
 
@@ -485,12 +495,14 @@ fn parse_bool(text: &str) -> Result<bool, &str> {
     }
 }
 
-fn config_errors(e: &canary_config::ConfigError) -> String {
-    e.field_errors()
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
+/// The route `spec` makes, its errors named below `at` as the file's fields are.
+fn build(spec: RouteSpec, at: &str, default_max_body_bytes: u64) -> Result<Route, Vec<FieldError>> {
+    let at = FieldPath::new(at, FieldCase::Snake);
+    spec.build(&at, &at.field("name"), default_max_body_bytes)
+}
+
+fn config_errors(errors: &[FieldError]) -> String {
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
 /// A route name from `base`, a DNS label unused so far. Long names are cut and marked with a hash of
@@ -549,6 +561,7 @@ fn fnv1a32(bytes: &[u8]) -> u32 {
 mod tests {
     use super::*;
     use canary_config::{HeaderMatch, KubeSource, KubeTarget, PortRef, Weight};
+    use serde_json::{json, Value};
 
     const CLASS: &str = "canaryd";
 

@@ -7,6 +7,7 @@
 
 pub mod api_calls;
 pub mod crd;
+pub mod crd_route;
 pub mod discovery;
 pub mod ingress;
 pub mod ingress_status;
