@@ -299,7 +299,7 @@ struct Pair {
     key: PathKey,
     /// The path as written (`/` when absent).
     path: String,
-    /// The `stable`/`canary` backend JSON, or why there is none.
+    /// The `stable`/`canary` backend, or why there is none.
     backend: Result<BackendSpec, String>,
 }
 
@@ -366,15 +366,10 @@ fn backend(namespace: &str, backend: &IngressBackend) -> Result<BackendSpec, Str
     let Some(service) = &backend.service else {
         return Err("backend names no Service".into());
     };
-    let port = match &service.port {
+    let port = match service.port.as_ref().map(|p| (p.number, p.name.as_deref())) {
         // A negative number is refused by the port's validation, named as written.
-        Some(p) if p.number.is_some() => {
-            let n = p.number.unwrap_or_default();
-            u32::try_from(n).map_or_else(|_| PortSpec::Name(n.to_string()), PortSpec::Number)
-        }
-        Some(p) if p.name.as_deref().is_some_and(|n| !n.is_empty()) => {
-            PortSpec::Name(p.name.clone().unwrap_or_default())
-        }
+        Some((Some(n), _)) => u32::try_from(n).map_or_else(|_| PortSpec::Name(n.to_string()), PortSpec::Number),
+        Some((None, Some(name))) if !name.is_empty() => PortSpec::Name(name.to_string()),
         _ => return Err(format!("backend Service {} has no port name or number", service.name)),
     };
     Ok(BackendSpec::kubernetes(KubeSourceSpec {
