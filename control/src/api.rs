@@ -14,7 +14,8 @@ use serde::Serialize;
 use utoipa::OpenApi;
 
 use crate::auth::{Denied, Tokens};
-use crate::controller::{Command, CommandError, Controller};
+use crate::controller::{CommandError, Controller};
+use crate::rollout::Event;
 use crate::state::AuditEntry;
 use crate::status::{ActionRequest, ApiErrorBody, RolloutRequest, RouteStatus, WeightRequest};
 
@@ -341,7 +342,7 @@ fn route_response(status: RouteStatus) -> Response<Full<Bytes>> {
 }
 
 /// A command an endpoint asks for, with the caller's reason.
-type Asked = Result<(Command, Option<String>), ApiError>;
+type Asked = Result<(Event, Option<String>), ApiError>;
 
 async fn command(c: &Controller, call: &Call<'_>, asked: Asked) -> Result<RouteStatus, ApiError> {
     let (command, reason) = asked?;
@@ -371,7 +372,7 @@ fn get_route(c: &Controller, call: &Call) -> Result<RouteStatus, ApiError> {
               (status = 404, body = ApiErrorBody), (status = 412, body = ApiErrorBody)))]
 fn set_weight(body: WeightRequest) -> Asked {
     let weight = percent(body.percent, "percent")?;
-    Ok((Command::SetWeight(weight), body.reason))
+    Ok((Event::SetWeight(weight), body.reason))
 }
 
 /// Start a rollout at its first step; with an interval it advances by itself while the analysis passes.
@@ -393,7 +394,7 @@ fn start_rollout(body: RolloutRequest) -> Asked {
         Some(text) => Some(parse_interval(text)?),
         None => None,
     };
-    Ok((Command::Start { steps, interval }, body.reason))
+    Ok((Event::Start { steps, interval }, body.reason))
 }
 
 fn parse_interval(text: &str) -> Result<Duration, ApiError> {
@@ -412,7 +413,7 @@ fn parse_interval(text: &str) -> Result<Duration, ApiError> {
     params(("route" = String, Path, description = "Route name"), ("If-Match" = Option<String>, Header, description = "Expected revision")),
     responses((status = 200, body = RouteStatus), (status = 409, body = ApiErrorBody), (status = 412, body = ApiErrorBody)))]
 fn step(body: ActionRequest) -> Asked {
-    Ok((Command::Step, body.reason))
+    Ok((Event::Step, body.reason))
 }
 
 /// Pause a progressing rollout at its current step.
@@ -420,7 +421,7 @@ fn step(body: ActionRequest) -> Asked {
     params(("route" = String, Path, description = "Route name"), ("If-Match" = Option<String>, Header, description = "Expected revision")),
     responses((status = 200, body = RouteStatus), (status = 409, body = ApiErrorBody), (status = 412, body = ApiErrorBody)))]
 fn pause(body: ActionRequest) -> Asked {
-    Ok((Command::Pause, body.reason))
+    Ok((Event::Pause, body.reason))
 }
 
 /// Resume a paused rollout.
@@ -428,7 +429,7 @@ fn pause(body: ActionRequest) -> Asked {
     params(("route" = String, Path, description = "Route name"), ("If-Match" = Option<String>, Header, description = "Expected revision")),
     responses((status = 200, body = RouteStatus), (status = 409, body = ApiErrorBody), (status = 412, body = ApiErrorBody)))]
 fn resume(body: ActionRequest) -> Asked {
-    Ok((Command::Resume, body.reason))
+    Ok((Event::Resume, body.reason))
 }
 
 /// Send all traffic to the canary and mark the rollout Promoted.
@@ -436,7 +437,7 @@ fn resume(body: ActionRequest) -> Asked {
     params(("route" = String, Path, description = "Route name"), ("If-Match" = Option<String>, Header, description = "Expected revision")),
     responses((status = 200, body = RouteStatus), (status = 409, body = ApiErrorBody), (status = 412, body = ApiErrorBody)))]
 fn promote(body: ActionRequest) -> Asked {
-    Ok((Command::Promote, body.reason))
+    Ok((Event::Promote, body.reason))
 }
 
 /// Send all traffic back to stable and mark the rollout Aborted.
@@ -444,7 +445,7 @@ fn promote(body: ActionRequest) -> Asked {
     params(("route" = String, Path, description = "Route name"), ("If-Match" = Option<String>, Header, description = "Expected revision")),
     responses((status = 200, body = RouteStatus), (status = 409, body = ApiErrorBody), (status = 412, body = ApiErrorBody)))]
 fn abort(body: ActionRequest) -> Asked {
-    Ok((Command::Abort, body.reason))
+    Ok((Event::Abort, body.reason))
 }
 
 /// `?route=NAME&limit=N` of the audit call.

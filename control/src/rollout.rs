@@ -50,8 +50,10 @@ impl Phase {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// Begin a rollout at the first of `steps`; with `interval`, steps advance by themselves.
+    /// `None` is "the route's plan", filled in by [`Event::planned`]; a start without steps is
+    /// refused.
     Start {
-        steps: Vec<Weight>,
+        steps: Option<Vec<Weight>>,
         interval: Option<Duration>,
     },
     /// Go to the next step (a pipeline job).
@@ -72,6 +74,17 @@ pub enum Event {
 }
 
 impl Event {
+    /// This event with a start's missing steps and interval taken from the route's plan.
+    pub fn planned(self, plan_steps: &[Weight], plan_interval: Option<Duration>) -> Event {
+        match self {
+            Event::Start { steps, interval } => Event::Start {
+                steps: steps.or_else(|| Some(plan_steps.to_vec())),
+                interval: interval.or(plan_interval),
+            },
+            other => other,
+        }
+    }
+
     /// The audit name of the event (a timed step is a `step`).
     pub fn name(&self) -> &'static str {
         match self {
@@ -146,6 +159,7 @@ impl Rollout {
         let conflict = |action, phase, hint| Err(RolloutError::Conflict { action, phase, hint });
         match (event, self.phase) {
             (Event::Start { steps, interval }, Idle | Promoted | Aborted) => {
+                let steps = steps.unwrap_or_default();
                 let rising = steps.windows(2).all(|w| w[0] < w[1]);
                 if steps.is_empty() || !rising || steps[0] == Weight::ZERO {
                     return Err(RolloutError::BadSteps);
@@ -245,7 +259,7 @@ mod tests {
         let steps = vec![w(10.0), w(25.0), w(50.0), w(100.0)];
         r.apply(
             Event::Start {
-                steps,
+                steps: Some(steps),
                 interval: interval.map(Duration::from_millis),
             },
             0,
@@ -285,7 +299,7 @@ mod tests {
         assert!(r
             .apply(
                 Event::Start {
-                    steps: vec![w(5.0)],
+                    steps: Some(vec![w(5.0)]),
                     interval: None
                 },
                 9
@@ -327,7 +341,13 @@ mod tests {
             vec![w(10.0), w(10.0)],
         ] {
             assert_eq!(
-                r.apply(Event::Start { steps, interval: None }, 0),
+                r.apply(
+                    Event::Start {
+                        steps: Some(steps),
+                        interval: None
+                    },
+                    0
+                ),
                 Err(RolloutError::BadSteps)
             );
         }

@@ -411,7 +411,7 @@ mod tests {
             .rollout
             .apply(
                 Event::Start {
-                    steps: vec![Weight::from_ppm(100_000)],
+                    steps: Some(vec![Weight::from_ppm(100_000)]),
                     interval: None,
                 },
                 1,

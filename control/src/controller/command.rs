@@ -1,71 +1,11 @@
-//! Commands from the API on one route: checked, applied through the state machine, audited,
-//! built into a table, saved, then served.
-
-use std::time::Duration;
-
-use canary_config::Weight;
+//! Commands from the API on one route: a rollout [`Event`] checked, applied through the state
+//! machine, audited, built into a table, saved, then served.
 
 use crate::rollout::{Event, RolloutError};
 use crate::state::{describe, now_ms, AuditEntry, RouteState, StateError};
 use crate::status::RouteStatus;
 
 use super::{Change, Controller, Inner, Intent, Owner};
-
-/// A change asked of one route.
-#[derive(Debug, Clone)]
-pub enum Command {
-    /// Serve this weight (a manual step).
-    SetWeight(Weight),
-    /// Start a rollout; `None` fields come from the route's configured plan.
-    Start {
-        /// Rising step weights.
-        steps: Option<Vec<Weight>>,
-        /// Time per step for a timed rollout.
-        interval: Option<Duration>,
-    },
-    /// Next step.
-    Step,
-    /// Stop advancing.
-    Pause,
-    /// Advance again.
-    Resume,
-    /// 100 % to the canary.
-    Promote,
-    /// 0 % to the canary.
-    Abort,
-}
-
-impl Command {
-    /// The state machine event of the command; a rollout start takes what it leaves out from
-    /// the route's planned steps and interval.
-    fn into_event(self, plan_steps: Vec<Weight>, plan_interval: Option<Duration>) -> Event {
-        match self {
-            Command::SetWeight(w) => Event::SetWeight(w),
-            Command::Start { steps, interval } => Event::Start {
-                steps: steps.unwrap_or(plan_steps),
-                interval: interval.or(plan_interval),
-            },
-            Command::Step => Event::Step,
-            Command::Pause => Event::Pause,
-            Command::Resume => Event::Resume,
-            Command::Promote => Event::Promote,
-            Command::Abort => Event::Abort,
-        }
-    }
-
-    /// The audit name of the command.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Command::SetWeight(_) => "weight",
-            Command::Start { .. } => "rollout",
-            Command::Step => "step",
-            Command::Pause => "pause",
-            Command::Resume => "resume",
-            Command::Promote => "promote",
-            Command::Abort => "abort",
-        }
-    }
-}
 
 /// Why a command was refused.
 #[derive(Debug, thiserror::Error)]
@@ -120,16 +60,16 @@ impl Controller {
     pub fn command(
         &self,
         route: &str,
-        command: Command,
+        event: Event,
         actor: &str,
         reason: Option<String>,
         if_match: Option<u64>,
     ) -> Result<RouteStatus, CommandError> {
         let mut inner = self.lock();
-        let result = self.command_locked(&mut inner, route, command.clone(), actor, reason.clone(), if_match);
+        let result = self.command_locked(&mut inner, route, event.clone(), actor, reason.clone(), if_match);
         if let Err(e) = &result {
             if !matches!(e, CommandError::Persist(_)) {
-                let entry = AuditEntry::refused(actor, Some(route), command.name(), reason, &e.to_string());
+                let entry = AuditEntry::refused(actor, Some(route), event.name(), reason, &e.to_string());
                 inner.store.state.record(entry);
                 inner.store.save_soon();
             }
@@ -143,12 +83,12 @@ impl Controller {
         &self,
         inner: &mut Inner,
         route: &str,
-        command: Command,
+        event: Event,
         actor: &str,
         reason: Option<String>,
         if_match: Option<u64>,
     ) -> Result<RouteStatus, CommandError> {
-        let (next, entry) = decide(inner, route, command, actor, reason, if_match, now_ms())?;
+        let (next, entry) = decide(inner, route, event, actor, reason, if_match, now_ms())?;
         let table = {
             let state = &inner.store.state;
             self.build_table_with(&inner.config, |r| {
@@ -183,7 +123,7 @@ impl Controller {
     pub async fn command_async(
         &self,
         route: &str,
-        command: Command,
+        event: Event,
         actor: &str,
         reason: Option<String>,
         if_match: Option<u64>,
@@ -191,32 +131,32 @@ impl Controller {
         let shared = matches!(self.owner(route), Owner::CanaryRoute { .. });
         match (shared, self.cluster.get()) {
             (true, Some(writer)) => {
-                let event = self.event_for(route, command.clone())?;
+                let name = event.name();
                 let intent = Intent {
                     route: route.into(),
-                    change: Change::Event(event),
+                    change: Change::Event(self.planned(route, event)?),
                     actor: actor.into(),
                     reason: reason.clone(),
                 };
-                let result = writer.write(self, &intent, command.name(), if_match).await;
+                let result = writer.write(self, &intent, name, if_match).await;
                 if let Err(e) = &result {
-                    let entry = AuditEntry::refused(actor, Some(route), command.name(), reason, &e.to_string());
+                    let entry = AuditEntry::refused(actor, Some(route), name, reason, &e.to_string());
                     self.record(entry);
                 }
                 result
             }
-            _ => self.command(route, command, actor, reason, if_match),
+            _ => self.command(route, event, actor, reason, if_match),
         }
     }
 
-    /// The state machine event of a command (a rollout start takes the route's plan).
-    fn event_for(&self, route: &str, command: Command) -> Result<Event, CommandError> {
+    /// `event` with a rollout start's missing fields taken from the route's plan.
+    fn planned(&self, route: &str, event: Event) -> Result<Event, CommandError> {
         let inner = self.lock();
         let plan = inner
             .route(route)
             .map(|r| r.rollout.clone())
             .ok_or_else(|| CommandError::UnknownRoute(route.into()))?;
-        Ok(command.into_event(plan.steps, plan.interval))
+        Ok(event.planned(&plan.steps, plan.interval))
     }
 
     /// The state `change` makes of `base` (the cluster's current state of `route`, or `None`
@@ -254,13 +194,13 @@ impl Controller {
     }
 }
 
-/// What `command` makes of `route` for `actor`: its next state and the audit entry, or why
+/// What `event` makes of `route` for `actor`: its next state and the audit entry, or why
 /// it is refused (owner, unknown route, `If-Match`, the state machine). Decides only; the
 /// caller builds, saves and serves.
 fn decide(
     inner: &Inner,
     route: &str,
-    command: Command,
+    event: Event,
     actor: &str,
     reason: Option<String>,
     if_match: Option<u64>,
@@ -293,13 +233,9 @@ fn decide(
             });
         }
     }
-    let action = command.name();
+    let action = event.name();
     let mut next = current.clone();
-    next.apply(
-        command.into_event(plan.steps.clone(), plan.interval),
-        reason.clone(),
-        now_ms,
-    )?;
+    next.apply(event.planned(&plan.steps, plan.interval), reason.clone(), now_ms)?;
     let entry = AuditEntry::applied(actor, route, action, describe(current), describe(&next), reason);
     Ok((next, entry))
 }
@@ -331,8 +267,8 @@ mod tests {
         .0
     }
 
-    fn start() -> Command {
-        Command::Start {
+    fn start() -> Event {
+        Event::Start {
             steps: None,
             interval: None,
         }
@@ -363,15 +299,15 @@ mod tests {
     fn refusals_name_their_reason() {
         let c = controller();
         let mut inner = c.lock();
-        let refused = |inner: &Inner, route: &str, command: Command, if_match: Option<u64>| {
-            decide(inner, route, command, "ci", None, if_match, 0)
+        let refused = |inner: &Inner, route: &str, event: Event, if_match: Option<u64>| {
+            decide(inner, route, event, "ci", None, if_match, 0)
                 .unwrap_err()
                 .to_string()
         };
-        assert!(refused(&inner, "nope", Command::Step, None).contains("nope"));
-        let stale = refused(&inner, "web", Command::Step, Some(7));
+        assert!(refused(&inner, "nope", Event::Step, None).contains("nope"));
+        let stale = refused(&inner, "web", Event::Step, Some(7));
         assert!(stale.contains("revision 1, not 7"), "{stale}");
-        let phase = refused(&inner, "web", Command::Step, None);
+        let phase = refused(&inner, "web", Event::Step, None);
         assert!(phase.contains("Idle"), "{phase}");
         inner.owners.insert(
             "web".into(),
@@ -393,7 +329,7 @@ mod tests {
             (Phase::Progressing, 10.0, 2)
         );
         assert!(!std::sync::Arc::ptr_eq(&served, &c.table.load_full()), "no new table");
-        let err = c.command("web", Command::Resume, "ci", None, None).unwrap_err();
+        let err = c.command("web", Event::Resume, "ci", None, None).unwrap_err();
         assert!(matches!(err, CommandError::Rollout(_)), "{err:?}");
         assert_eq!(c.status("web").unwrap().revision, 2);
         let audit = c.audit(Some("web"), 2);

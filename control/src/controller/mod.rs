@@ -9,7 +9,7 @@ mod judgement;
 mod route_status;
 
 pub use cluster::{Change, Intent, Owner};
-pub use command::{Command, CommandError};
+pub use command::CommandError;
 use gauges::Gauges;
 use judgement::Judged;
 
